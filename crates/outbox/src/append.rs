@@ -1,0 +1,102 @@
+//! Appending a command's events inside the command's own transaction.
+
+use std::collections::BTreeSet;
+
+use deadpool_postgres::Transaction;
+use events::{EventEnvelope, partition_for};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::OutboxError;
+
+/// Inserts `events` into `event_store` and `outbox` and queues a NOTIFY for the relay, all in
+/// one statement on `tx`. The caller commits; until then nothing is visible, and the NOTIFY is
+/// delivered only at commit (PostgreSQL holds it back), so the relay never wakes for a
+/// transaction that rolled back.
+///
+/// Each outbox row carries `partition_for(aggregate_id, partitions)`, fixed at write time.
+///
+/// # Errors
+/// [`OutboxError::Conflict`] when `(aggregate_id, aggregate_version)` already exists (a
+/// concurrent writer won), [`OutboxError::Unavailable`] when the connection broke.
+pub async fn append_events(
+    tx: &Transaction<'_>,
+    events: &[EventEnvelope],
+    partitions: u32,
+) -> Result<(), OutboxError> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let n = events.len();
+    let mut ids = Vec::with_capacity(n);
+    let mut types = Vec::with_capacity(n);
+    let mut schema_versions = Vec::with_capacity(n);
+    let mut aggregate_types = Vec::with_capacity(n);
+    let mut aggregate_ids = Vec::with_capacity(n);
+    let mut versions = Vec::with_capacity(n);
+    let mut occurred: Vec<OffsetDateTime> = Vec::with_capacity(n);
+    let mut payloads = Vec::with_capacity(n);
+    let mut metadata = Vec::with_capacity(n);
+    let mut modules = Vec::with_capacity(n);
+    let mut parts: Vec<i32> = Vec::with_capacity(n);
+    let mut envelopes = Vec::with_capacity(n);
+    for e in events {
+        ids.push(e.event_id);
+        types.push(e.event_type.as_str());
+        schema_versions.push(e.schema_version);
+        aggregate_types.push(e.aggregate_type.as_str());
+        aggregate_ids.push(e.aggregate_id);
+        versions.push(e.aggregate_version);
+        occurred.push(e.occurred_at);
+        payloads.push(&e.payload);
+        metadata.push(serde_json::to_value(&e.metadata).unwrap_or_default());
+        modules.push(e.module());
+        // A partition index is < partitions ≤ i32::MAX in any sane deployment.
+        parts.push(i32::try_from(partition_for(e.aggregate_id, partitions)).unwrap_or(0));
+        envelopes.push(e.to_json());
+    }
+    let touched: BTreeSet<i32> = parts.iter().copied().collect();
+    let notify_payload = touched
+        .iter()
+        .map(i32::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    // Data-modifying CTEs always run, so one round trip writes both tables and notifies.
+    tx.query_one(
+        "WITH stored AS (
+             INSERT INTO event_store (event_id, event_type, schema_version, aggregate_type,
+                                      aggregate_id, aggregate_version, occurred_at, payload, metadata)
+             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::int[], $4::text[], $5::uuid[],
+                                  $6::bigint[], $7::timestamptz[], $8::jsonb[], $9::jsonb[])
+             RETURNING 1
+         ), queued AS (
+             INSERT INTO outbox (event_id, module, partition, envelope)
+             SELECT * FROM UNNEST($1::uuid[], $10::text[], $11::int[], $12::text[]::json[])
+             RETURNING 1
+         )
+         SELECT pg_notify('cqrs_outbox_' || current_schema(), $13)",
+        &[
+            &ids,
+            &types,
+            &schema_versions,
+            &aggregate_types,
+            &aggregate_ids,
+            &versions,
+            &occurred,
+            &payloads,
+            &metadata,
+            &modules,
+            &parts,
+            &envelopes,
+            &notify_payload,
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// The ids of `events`, for command answers.
+#[must_use]
+pub fn event_ids(events: &[EventEnvelope]) -> Vec<Uuid> {
+    events.iter().map(|e| e.event_id).collect()
+}

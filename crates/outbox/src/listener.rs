@@ -1,0 +1,68 @@
+//! A dedicated LISTEN connection for outbox notifications.
+//!
+//! Pooled connections silently drop notifications (the pool drives the connection and
+//! discards them), so the relay keeps one connection of its own and drives it here. The caller
+//! reconnects when [`Listener::closed`] resolves and must keep a poll fallback: notifications
+//! sent while disconnected are lost.
+
+use futures::StreamExt as _;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio_postgres::{AsyncMessage, NoTls};
+
+use crate::{OutboxError, PgSettings, notify_channel};
+
+/// A live LISTEN session; notifications wake `notify`.
+#[derive(Debug)]
+pub struct Listener {
+    driver: JoinHandle<()>,
+    _client: tokio_postgres::Client,
+}
+
+impl Listener {
+    /// Connects, subscribes to the schema's outbox channel and starts forwarding
+    /// notifications to `notify`. Once subscribed it wakes `notify` once, so the caller checks
+    /// for work that was committed before the subscription existed.
+    ///
+    /// # Errors
+    /// [`OutboxError`] when the connection or `LISTEN` fails.
+    pub async fn start(
+        settings: &PgSettings,
+        notify: std::sync::Arc<Notify>,
+    ) -> Result<Self, OutboxError> {
+        let (client, mut connection) = settings.pg_config()?.connect(NoTls).await?;
+        let wake = notify.clone();
+        let driver = tokio::spawn(async move {
+            let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+            while let Some(message) = messages.next().await {
+                match message {
+                    Ok(AsyncMessage::Notification(_)) => wake.notify_one(),
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::debug!(error = %e, "LISTEN connection ended");
+                        break;
+                    }
+                }
+            }
+        });
+        client
+            .batch_execute(&format!("LISTEN \"{}\"", notify_channel(&settings.schema)))
+            .await?;
+        notify.notify_one();
+        Ok(Self {
+            driver,
+            _client: client,
+        })
+    }
+
+    /// Resolves when the connection has closed; reconnect then.
+    pub async fn closed(&mut self) {
+        let _ = (&mut self.driver).await;
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.driver.abort();
+    }
+}

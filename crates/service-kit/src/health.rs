@@ -1,0 +1,163 @@
+//! `/healthz`, `/readyz` and `/metrics`, served by every binary.
+//!
+//! `/healthz` says the process is alive and never checks dependencies (a liveness probe that
+//! fails when PostgreSQL is down would restart every pod at once). `/readyz` pings every
+//! dependency with a short timeout and says not-ready while one is unreachable or the process
+//! is draining.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use actix_web::{HttpResponse, web};
+use futures::future::{BoxFuture, join_all};
+use serde::Serialize;
+
+use crate::telemetry::metrics_handle;
+
+/// A readiness check: resolves to `Err(reason)` when its dependency is unreachable.
+pub type Check = Arc<dyn Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
+
+const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The health state of a process.
+#[derive(Clone)]
+pub struct Health {
+    service: &'static str,
+    checks: Vec<(&'static str, Check)>,
+    draining: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for Health {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Health")
+            .field("service", &self.service)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One check's result.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckResult {
+    /// Dependency name.
+    pub name: &'static str,
+    /// Whether it answered.
+    pub ok: bool,
+    /// Why not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The `/readyz` answer.
+#[derive(Debug, Clone, Serialize)]
+pub struct Readiness {
+    /// Ready to take work.
+    pub ready: bool,
+    /// Draining after a shutdown request.
+    pub draining: bool,
+    /// Per-dependency results.
+    pub checks: Vec<CheckResult>,
+}
+
+impl Health {
+    /// Health with no checks yet.
+    #[must_use]
+    pub fn new(service: &'static str) -> Self {
+        Self {
+            service,
+            checks: vec![],
+            draining: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Adds a named check.
+    #[must_use]
+    pub fn with_check(mut self, name: &'static str, check: Check) -> Self {
+        self.checks.push((name, check));
+        self
+    }
+
+    /// Adds a PostgreSQL ping.
+    #[must_use]
+    pub fn with_postgres(self, pool: outbox::Pool) -> Self {
+        self.with_check(
+            "postgres",
+            Arc::new(move || {
+                let pool = pool.clone();
+                Box::pin(async move {
+                    outbox::pool::ping(&pool)
+                        .await
+                        .map_err(|e| resilience::error_chain(&e))
+                })
+            }),
+        )
+    }
+
+    /// Adds a Redis ping.
+    #[must_use]
+    pub fn with_redis(self, pools: streams::RedisPools) -> Self {
+        self.with_check(
+            "redis",
+            Arc::new(move || {
+                let pools = pools.clone();
+                Box::pin(async move { pools.ping().await.map_err(|e| resilience::error_chain(&e)) })
+            }),
+        )
+    }
+
+    /// Marks the process as draining: `/readyz` answers 503 from now on, so load balancers stop
+    /// sending work while in-flight work finishes.
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// Runs every check concurrently, each bounded by a timeout.
+    pub async fn readiness(&self) -> Readiness {
+        let checks = join_all(self.checks.iter().map(|(name, check)| async move {
+            let outcome = tokio::time::timeout(CHECK_TIMEOUT, check()).await;
+            let error = match outcome {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(e),
+                Err(_) => Some(format!("no answer within {} ms", CHECK_TIMEOUT.as_millis())),
+            };
+            CheckResult {
+                name,
+                ok: error.is_none(),
+                error,
+            }
+        }))
+        .await;
+        let draining = self.draining.load(Ordering::SeqCst);
+        Readiness {
+            ready: !draining && checks.iter().all(|c| c.ok),
+            draining,
+            checks,
+        }
+    }
+}
+
+async fn healthz(health: web::Data<Health>) -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({"status": "ok", "service": health.service}))
+}
+
+async fn readyz(health: web::Data<Health>) -> HttpResponse {
+    let r = health.readiness().await;
+    if r.ready {
+        HttpResponse::Ok().json(r)
+    } else {
+        HttpResponse::ServiceUnavailable().json(r)
+    }
+}
+
+async fn metrics() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(metrics_handle().render())
+}
+
+/// Registers `/healthz`, `/readyz` and `/metrics`. The app must carry `web::Data<Health>`.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(crate::http::resource("/healthz").route(web::get().to(healthz)))
+        .service(crate::http::resource("/readyz").route(web::get().to(readyz)))
+        .service(crate::http::resource("/metrics").route(web::get().to(metrics)));
+}

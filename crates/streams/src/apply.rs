@@ -1,0 +1,331 @@
+//! The atomic apply step: one event's read-model change, the aggregate's applied version and
+//! (optionally) the stream acknowledgement, committed together by one Lua script.
+//!
+//! This is what makes delivery at-least-once but effects exactly-once: a duplicate (a version
+//! already applied) changes nothing but is acknowledged; a gap (a version ahead of the next
+//! one) changes nothing and is not acknowledged, so it is retried once its predecessor lands.
+//!
+//! A Lua script is atomic (nothing else runs in between) but does not roll back when a command
+//! fails half-way, so the script first checks that every key has the type its operation
+//! needs, and only then writes. Operations are validated when built, so a run that passed the
+//! checks cannot fail part-way.
+
+use std::collections::HashMap;
+use std::sync::LazyLock;
+
+use deadpool_redis::redis::{self, Script, Value};
+use uuid::Uuid;
+
+use crate::StreamError;
+
+/// One read-model write. Projections return these; they never touch Redis themselves.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Op {
+    /// `SET key value`.
+    Set {
+        /// Key.
+        key: String,
+        /// Value.
+        value: String,
+    },
+    /// `DEL key`.
+    Del {
+        /// Key.
+        key: String,
+    },
+    /// `ZADD key score member`.
+    ZAdd {
+        /// Key.
+        key: String,
+        /// Score (finite).
+        score: f64,
+        /// Member.
+        member: String,
+    },
+    /// `ZREM key member`.
+    ZRem {
+        /// Key.
+        key: String,
+        /// Member.
+        member: String,
+    },
+    /// `HINCRBY key field delta`.
+    HIncrBy {
+        /// Key.
+        key: String,
+        /// Field.
+        field: String,
+        /// Delta.
+        delta: i64,
+    },
+    /// `HSET key field value`.
+    HSet {
+        /// Key.
+        key: String,
+        /// Field.
+        field: String,
+        /// Value.
+        value: String,
+    },
+    /// `HDEL key field`.
+    HDel {
+        /// Key.
+        key: String,
+        /// Field.
+        field: String,
+    },
+}
+
+impl Op {
+    /// The key the operation writes.
+    #[must_use]
+    pub fn key(&self) -> &str {
+        match self {
+            Self::Set { key, .. }
+            | Self::Del { key }
+            | Self::ZAdd { key, .. }
+            | Self::ZRem { key, .. }
+            | Self::HIncrBy { key, .. }
+            | Self::HSet { key, .. }
+            | Self::HDel { key, .. } => key,
+        }
+    }
+}
+
+/// One event to apply.
+#[derive(Debug, Clone)]
+pub struct ApplyItem {
+    /// The hash of applied versions of the read model.
+    pub versions_key: String,
+    /// The aggregate.
+    pub aggregate_id: Uuid,
+    /// The event's `aggregate_version`.
+    pub version: i64,
+    /// The read-model writes.
+    pub ops: Vec<Op>,
+    /// `(stream, group, entry id)` to acknowledge in the same step; `None` when replaying
+    /// history that did not come from a stream.
+    pub ack: Option<(String, String, String)>,
+}
+
+/// What the script did with one item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApplyOutcome {
+    /// Applied and (if asked) acknowledged.
+    Applied,
+    /// The version was already applied: nothing changed; acknowledged.
+    Duplicate {
+        /// The applied version found.
+        current: i64,
+    },
+    /// The version is ahead of the next expected one: nothing changed, not acknowledged.
+    Gap {
+        /// The applied version found.
+        current: i64,
+    },
+    /// Redis refused the script (a key of the wrong type, say): nothing changed.
+    Rejected(String),
+}
+
+const SCRIPT: &str = r"
+-- KEYS[1] versions hash, KEYS[2] stream (or unused), KEYS[3..] keys written by the ops.
+-- ARGV[1] group, ARGV[2] entry id ('' = no ack), ARGV[3] aggregate id, ARGV[4] version,
+-- ARGV[5] op count, then per op: name, key index, arguments.
+local current = tonumber(redis.call('HGET', KEYS[1], ARGV[3]) or '0')
+local version = tonumber(ARGV[4])
+local function ack()
+  if ARGV[2] ~= '' then redis.call('XACK', KEYS[2], ARGV[1], ARGV[2]) end
+end
+if version <= current then
+  ack()
+  return {0, current}
+end
+if version ~= current + 1 then
+  return {2, current}
+end
+local arity = {SET = 1, DEL = 0, ZADD = 2, ZREM = 1, HINCRBY = 2, HSET = 2, HDEL = 1}
+local want = {SET = 'string', DEL = nil, ZADD = 'zset', ZREM = 'zset', HINCRBY = 'hash', HSET = 'hash', HDEL = 'hash'}
+local n = tonumber(ARGV[5])
+-- Pass 1: check every key's type, so that pass 2 cannot fail half-way.
+local i = 6
+for _ = 1, n do
+  local op, key = ARGV[i], KEYS[tonumber(ARGV[i + 1])]
+  if arity[op] == nil then return redis.error_reply('unknown op ' .. tostring(op)) end
+  local have = redis.call('TYPE', key)['ok']
+  if want[op] and have ~= 'none' and have ~= want[op] then
+    return redis.error_reply('WRONGTYPE ' .. key .. ' is a ' .. have .. ', ' .. op .. ' needs a ' .. want[op])
+  end
+  if op == 'HINCRBY' then
+    local v = redis.call('HGET', key, ARGV[i + 2])
+    if v and not tonumber(v) then return redis.error_reply('HINCRBY on a non-integer field of ' .. key) end
+  end
+  i = i + 2 + arity[op]
+end
+-- Pass 2: write.
+i = 6
+for _ = 1, n do
+  local op, key = ARGV[i], KEYS[tonumber(ARGV[i + 1])]
+  if op == 'SET' then redis.call('SET', key, ARGV[i + 2])
+  elseif op == 'DEL' then redis.call('DEL', key)
+  elseif op == 'ZADD' then redis.call('ZADD', key, ARGV[i + 2], ARGV[i + 3])
+  elseif op == 'ZREM' then redis.call('ZREM', key, ARGV[i + 2])
+  elseif op == 'HINCRBY' then redis.call('HINCRBY', key, ARGV[i + 2], ARGV[i + 3])
+  elseif op == 'HSET' then redis.call('HSET', key, ARGV[i + 2], ARGV[i + 3])
+  elseif op == 'HDEL' then redis.call('HDEL', key, ARGV[i + 2])
+  end
+  i = i + 2 + arity[op]
+end
+redis.call('HSET', KEYS[1], ARGV[3], version)
+ack()
+return {1, version}
+";
+
+static APPLY_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(SCRIPT));
+
+/// Builds the `EVALSHA` command for one item.
+fn eval_cmd(item: &ApplyItem) -> redis::Cmd {
+    let mut keys: Vec<&str> = vec![&item.versions_key];
+    let (group, entry, stream) = match &item.ack {
+        Some((stream, group, entry)) => (group.as_str(), entry.as_str(), stream.as_str()),
+        None => ("", "", item.versions_key.as_str()),
+    };
+    keys.push(stream);
+    let mut index: HashMap<&str, usize> = HashMap::new();
+    let mut args: Vec<String> = vec![
+        group.to_owned(),
+        entry.to_owned(),
+        item.aggregate_id.to_string(),
+        item.version.to_string(),
+        item.ops.len().to_string(),
+    ];
+    for op in &item.ops {
+        let key = op.key();
+        let k = *index.entry(key).or_insert_with(|| {
+            keys.push(key);
+            keys.len()
+        });
+        let (name, rest): (&str, Vec<String>) = match op {
+            Op::Set { value, .. } => ("SET", vec![value.clone()]),
+            Op::Del { .. } => ("DEL", vec![]),
+            Op::ZAdd { score, member, .. } => {
+                // Scores are validated finite by `validate`; format keeps full precision.
+                ("ZADD", vec![format!("{score}"), member.clone()])
+            }
+            Op::ZRem { member, .. } => ("ZREM", vec![member.clone()]),
+            Op::HIncrBy { field, delta, .. } => ("HINCRBY", vec![field.clone(), delta.to_string()]),
+            Op::HSet { field, value, .. } => ("HSET", vec![field.clone(), value.clone()]),
+            Op::HDel { field, .. } => ("HDEL", vec![field.clone()]),
+        };
+        args.push(name.to_owned());
+        args.push(k.to_string());
+        args.extend(rest);
+    }
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(APPLY_SCRIPT.get_hash())
+        .arg(keys.len())
+        .arg(&keys)
+        .arg(&args);
+    cmd
+}
+
+/// Refuses operations the script could not execute (a non-finite score).
+fn validate(item: &ApplyItem) -> Result<(), String> {
+    for op in &item.ops {
+        if let Op::ZAdd { score, .. } = op
+            && !score.is_finite()
+        {
+            return Err(format!("ZADD score {score} is not finite"));
+        }
+    }
+    if item.version < 1 {
+        return Err(format!("version {} is not positive", item.version));
+    }
+    Ok(())
+}
+
+/// Applies `items` in order, pipelined: one round trip for the whole batch. Items of the same
+/// aggregate must be in version order; Redis runs them in that order.
+///
+/// Returns one outcome per item. An item Redis refused is [`ApplyOutcome::Rejected`] and
+/// changed nothing; the others are unaffected.
+///
+/// # Errors
+/// [`StreamError::Unavailable`] when Redis is down: then some items may have been applied
+/// and acknowledged, and the rest will be redelivered; the version guard makes that safe.
+pub async fn apply_batch(
+    conn: &mut impl redis::aio::ConnectionLike,
+    items: &[ApplyItem],
+) -> Result<Vec<ApplyOutcome>, StreamError> {
+    let mut outcomes: Vec<Option<ApplyOutcome>> = items
+        .iter()
+        .map(|item| validate(item).err().map(ApplyOutcome::Rejected))
+        .collect();
+    let runnable: Vec<usize> = (0..items.len())
+        .filter(|i| outcomes[*i].is_none())
+        .collect();
+    if runnable.is_empty() {
+        return Ok(outcomes.into_iter().flatten().collect());
+    }
+    let mut pipe = redis::pipe();
+    for i in &runnable {
+        pipe.add_command(eval_cmd(&items[*i]));
+    }
+    pipe.ignore_errors();
+    let mut replies: Vec<Value> = pipe.query_async(conn).await?;
+    // After a Redis restart or SCRIPT FLUSH the script is gone: load it and run again. Items
+    // that ran before the NOSCRIPT (none: every EVALSHA of the batch failed the same way)
+    // are safe to rerun anyway thanks to the version guard.
+    if replies.iter().any(is_noscript) {
+        let _: String = APPLY_SCRIPT.prepare_invoke().load_async(conn).await?;
+        replies = pipe.query_async(conn).await?;
+    }
+    for (i, reply) in runnable.into_iter().zip(replies) {
+        outcomes[i] = Some(parse_outcome(reply)?);
+    }
+    Ok(outcomes
+        .into_iter()
+        .map(|o| o.unwrap_or(ApplyOutcome::Rejected("no reply".into())))
+        .collect())
+}
+
+fn is_noscript(v: &Value) -> bool {
+    matches!(v, Value::ServerError(e) if e.code() == "NOSCRIPT")
+}
+
+fn parse_outcome(reply: Value) -> Result<ApplyOutcome, StreamError> {
+    match reply {
+        Value::Array(v) => match v.as_slice() {
+            [Value::Int(code), Value::Int(current)] => Ok(match code {
+                1 => ApplyOutcome::Applied,
+                0 => ApplyOutcome::Duplicate { current: *current },
+                _ => ApplyOutcome::Gap { current: *current },
+            }),
+            other => Err(StreamError::Malformed(format!("apply reply {other:?}"))),
+        },
+        Value::ServerError(e) => {
+            let err: redis::RedisError = e.into();
+            match StreamError::from(err) {
+                StreamError::Redis(e) => Ok(ApplyOutcome::Rejected(e.to_string())),
+                other => Err(other),
+            }
+        }
+        other => Err(StreamError::Malformed(format!("apply reply {other:?}"))),
+    }
+}
+
+/// Reads the applied version of `aggregate_id` (0 when none).
+///
+/// # Errors
+/// [`StreamError`] when Redis fails.
+pub async fn applied_version(
+    conn: &mut impl redis::aio::ConnectionLike,
+    versions_key: &str,
+    aggregate_id: Uuid,
+) -> Result<i64, StreamError> {
+    let v: Option<i64> = redis::cmd("HGET")
+        .arg(versions_key)
+        .arg(aggregate_id.to_string())
+        .query_async(conn)
+        .await?;
+    Ok(v.unwrap_or(0))
+}

@@ -1,0 +1,83 @@
+//! The key space of a deployment. Every Redis name comes from here, behind the configured
+//! prefix, so deployments and parallel tests sharing one Redis never touch each other's keys.
+
+use events::StreamRouting;
+
+/// The root of a deployment's Redis names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeySpace {
+    prefix: String,
+}
+
+impl KeySpace {
+    /// A key space under `prefix` (may be empty).
+    #[must_use]
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self {
+            prefix: prefix.into(),
+        }
+    }
+
+    /// The prefix.
+    #[must_use]
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Stream routing for `partitions` partitions per module.
+    #[must_use]
+    pub fn routing(&self, partitions: u32) -> StreamRouting {
+        StreamRouting::new(self.prefix.clone(), partitions)
+    }
+
+    /// The read-model keys of `module`'s projection, generation `generation`.
+    #[must_use]
+    pub fn read_model(&self, module: &str, generation: i64) -> ReadModelKeys {
+        ReadModelKeys {
+            base: format!("{}rm:{module}:g{generation}:", self.prefix),
+        }
+    }
+}
+
+/// The keys of one generation of one projection's read model. A rebuild writes a new
+/// generation beside the serving one, so every key carries the generation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadModelKeys {
+    base: String,
+}
+
+impl ReadModelKeys {
+    /// `<base><suffix>`, e.g. `rm:task:g1:view:<id>`.
+    #[must_use]
+    pub fn key(&self, suffix: &str) -> String {
+        format!("{}{suffix}", self.base)
+    }
+
+    /// The hash of applied versions: field = aggregate id, value = last applied version.
+    #[must_use]
+    pub fn versions(&self) -> String {
+        self.key("versions")
+    }
+
+    /// The common prefix of every key of this generation (for `SCAN MATCH <base>*`).
+    #[must_use]
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_key_carries_prefix_module_and_generation() {
+        let keys = KeySpace::new("t1:").read_model("task", 3);
+        assert_eq!(keys.key("view:x"), "t1:rm:task:g3:view:x");
+        assert_eq!(keys.versions(), "t1:rm:task:g3:versions");
+        assert_eq!(
+            KeySpace::new("t1:").routing(1).stream("task", 0),
+            "t1:cqrs:stream:task"
+        );
+    }
+}

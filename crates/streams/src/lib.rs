@@ -1,0 +1,21 @@
+//! The Redis side of the pipeline: connection pools, the key space of a deployment, publishing
+//! batches to streams, consumer groups, and the atomic apply script that commits a read-model
+//! change together with the aggregate's applied version.
+//!
+//! This crate knows no PostgreSQL and no module: keys and operations come from its callers.
+#![warn(missing_docs)]
+
+pub mod apply;
+pub mod consumer;
+pub mod error;
+pub mod keys;
+pub mod pool;
+pub mod publisher;
+
+pub use apply::{ApplyItem, ApplyOutcome, Op, apply_batch};
+pub use error::StreamError;
+pub use keys::{KeySpace, ReadModelKeys};
+pub use pool::{RedisPools, RedisSettings};
+
+/// Re-exported so callers use the same client types as this crate.
+pub use deadpool_redis::{self, Pool, redis};
