@@ -8,6 +8,7 @@
 #![warn(missing_docs)]
 
 pub mod command;
+pub mod consistency;
 pub mod health;
 pub mod http;
 pub mod secret;

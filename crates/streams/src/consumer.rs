@@ -92,6 +92,33 @@ pub async fn read_group(
     parse_read_reply(reply)
 }
 
+/// Reads this consumer's pending entries of one stream with ids after `after` (`"0"` for
+/// all): the pending-list scan used to retry entries left unacknowledged.
+///
+/// # Errors
+/// [`StreamError::NoGroup`] when the group or stream is missing.
+pub async fn read_group_after(
+    conn: &mut impl redis::aio::ConnectionLike,
+    group: &str,
+    consumer: &str,
+    stream: &str,
+    after: &str,
+    count: usize,
+) -> Result<Vec<Delivery>, StreamError> {
+    let reply: Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg(group)
+        .arg(consumer)
+        .arg("COUNT")
+        .arg(count)
+        .arg("STREAMS")
+        .arg(stream)
+        .arg(after)
+        .query_async(conn)
+        .await?;
+    parse_read_reply(reply)
+}
+
 /// Parses an `XREAD`/`XREADGROUP` reply by hand: the typed parser of the redis crate rejects
 /// the nil field lists Redis returns for pending entries that were deleted from the stream, and
 /// those must be seen (and acknowledged or dead-lettered), not crash the consumer.

@@ -3,6 +3,9 @@
 
 use events::StreamRouting;
 
+/// The generation a read model starts at; rebuilds move to higher ones.
+pub const INITIAL_GENERATION: i64 = 1;
+
 /// The root of a deployment's Redis names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeySpace {
@@ -35,6 +38,7 @@ impl KeySpace {
     pub fn read_model(&self, module: &str, generation: i64) -> ReadModelKeys {
         ReadModelKeys {
             base: format!("{}rm:{module}:g{generation}:", self.prefix),
+            generation,
         }
     }
 }
@@ -44,6 +48,7 @@ impl KeySpace {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReadModelKeys {
     base: String,
+    generation: i64,
 }
 
 impl ReadModelKeys {
@@ -57,6 +62,12 @@ impl ReadModelKeys {
     #[must_use]
     pub fn versions(&self) -> String {
         self.key("versions")
+    }
+
+    /// The generation these keys belong to.
+    #[must_use]
+    pub fn generation(&self) -> i64 {
+        self.generation
     }
 
     /// The common prefix of every key of this generation (for `SCAN MATCH <base>*`).

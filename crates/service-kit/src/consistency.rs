@@ -1,0 +1,157 @@
+//! Read-your-writes on the query side: a query that carries a command's consistency token
+//! waits (bounded) until the projection has applied that write.
+
+use std::time::{Duration, Instant};
+
+use actix_web::dev::Payload;
+use actix_web::{FromRequest, HttpRequest, HttpResponse};
+use events::ConsistencyToken;
+use futures::future::{Ready, ready};
+use streams::RedisPools;
+
+use crate::http::ApiError;
+
+/// The request header carrying the token.
+pub const TOKEN_HEADER: &str = "x-consistency-token";
+/// The response header saying whether the answer reflects the token's write.
+pub const FRESHNESS_HEADER: &str = "x-consistency";
+/// Default and maximum wait (http-api.md: `wait_ms` up to 5000, default 2000).
+pub const DEFAULT_WAIT: Duration = Duration::from_millis(2000);
+/// Upper bound of `wait_ms`.
+pub const MAX_WAIT_MS: u64 = 5000;
+
+/// What a query asked to wait for.
+#[derive(Debug, Clone)]
+pub struct ConsistencyWait {
+    token: Option<ConsistencyToken>,
+    wait: Duration,
+}
+
+impl FromRequest for ConsistencyWait {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        ready(parse(req))
+    }
+}
+
+fn parse(req: &HttpRequest) -> Result<ConsistencyWait, ApiError> {
+    let token = req
+        .headers()
+        .get(TOKEN_HEADER)
+        .map(|v| {
+            v.to_str()
+                .ok()
+                .and_then(|s| ConsistencyToken::decode(s.trim()).ok())
+                .ok_or_else(|| {
+                    ApiError::validation(
+                        "X-Consistency-Token",
+                        "X-Consistency-Token is not a token this API issued",
+                    )
+                })
+        })
+        .transpose()?;
+    let wait_ms = req
+        .query_string()
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("wait_ms="))
+        .map(|v| {
+            v.parse::<u64>()
+                .ok()
+                .filter(|ms| *ms <= MAX_WAIT_MS)
+                .ok_or_else(|| {
+                    ApiError::validation("wait_ms", format!("wait_ms must be 0 to {MAX_WAIT_MS}"))
+                })
+        })
+        .transpose()?;
+    Ok(ConsistencyWait {
+        token,
+        wait: wait_ms.map_or(DEFAULT_WAIT, Duration::from_millis),
+    })
+}
+
+/// Whether an answer reflects the awaited write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Freshness {
+    /// No token was sent.
+    NotAsked,
+    /// The write is visible.
+    Fresh,
+    /// The wait ran out first.
+    Stale,
+}
+
+impl ConsistencyWait {
+    /// Waits until the token's version is applied in `generation` of its module's read model,
+    /// polling the applied-version hash with a short, growing interval.
+    ///
+    /// # Errors
+    /// 503 when Redis is down.
+    pub async fn settle(&self, pools: &RedisPools, generation: i64) -> Result<Freshness, ApiError> {
+        let Some(token) = &self.token else {
+            return Ok(Freshness::NotAsked);
+        };
+        let versions = pools.keys.read_model(&token.module, generation).versions();
+        let deadline = Instant::now() + self.wait;
+        let mut interval = Duration::from_millis(2);
+        loop {
+            let applied = {
+                let mut conn = pools
+                    .commands
+                    .get()
+                    .await
+                    .map_err(streams::StreamError::from)?;
+                streams::apply::applied_version(&mut conn, &versions, token.aggregate_id).await?
+            };
+            if applied >= token.version {
+                return Ok(Freshness::Fresh);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(Freshness::Stale);
+            }
+            tokio::time::sleep(interval.min(deadline - now)).await;
+            interval = (interval * 2).min(Duration::from_millis(25));
+        }
+    }
+}
+
+/// Adds `X-Consistency: fresh|stale` when a token was sent.
+pub fn mark(response: &mut HttpResponse, freshness: Freshness) {
+    let value = match freshness {
+        Freshness::NotAsked => return,
+        Freshness::Fresh => "fresh",
+        Freshness::Stale => "stale",
+    };
+    response.headers_mut().insert(
+        actix_web::http::header::HeaderName::from_static(FRESHNESS_HEADER),
+        actix_web::http::header::HeaderValue::from_static(value),
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::test::TestRequest;
+
+    #[test]
+    fn bad_tokens_and_waits_are_400() {
+        let r = TestRequest::default()
+            .insert_header((TOKEN_HEADER, "nope"))
+            .to_http_request();
+        assert!(matches!(parse(&r), Err(ApiError::Validation { .. })));
+        let r = TestRequest::with_uri("/x?wait_ms=5001").to_http_request();
+        assert!(matches!(parse(&r), Err(ApiError::Validation { .. })));
+        let r = TestRequest::with_uri("/x?wait_ms=abc").to_http_request();
+        assert!(matches!(parse(&r), Err(ApiError::Validation { .. })));
+        let ok =
+            parse(&TestRequest::with_uri("/x?limit=3&wait_ms=100").to_http_request()).expect("ok");
+        assert_eq!(
+            (ok.wait, ok.token.is_none()),
+            (Duration::from_millis(100), true)
+        );
+        let default = parse(&TestRequest::default().to_http_request()).expect("ok");
+        assert_eq!(default.wait, DEFAULT_WAIT);
+    }
+}

@@ -1,0 +1,385 @@
+//! The HTTP bodies of the task commands, and their validation into domain commands. Every
+//! rule of http-api.md lives here, each failure naming its field.
+
+use serde::{Deserialize, Deserializer};
+use uuid::Uuid;
+
+use crate::domain::{CreateTask, TaskCommand, TaskError, TaskType, UpdateTask, date_format};
+
+/// A field of a PATCH body: absent, `null`, or a value.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Patch<T> {
+    /// Not sent: leave unchanged.
+    #[default]
+    Absent,
+    /// Sent as `null`.
+    Null,
+    /// Sent with a value.
+    Value(T),
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Patch<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // Only called for fields that are present; `#[serde(default)]` covers absence.
+        Ok(match Option::<T>::deserialize(d)? {
+            None => Self::Null,
+            Some(v) => Self::Value(v),
+        })
+    }
+}
+
+impl<T> Patch<T> {
+    fn is_absent(&self) -> bool {
+        matches!(self, Self::Absent)
+    }
+
+    /// A field that may be omitted but not cleared.
+    fn required(self, field: &'static str) -> Result<Option<T>, TaskError> {
+        match self {
+            Self::Absent => Ok(None),
+            Self::Null => Err(invalid(field, format!("{field} cannot be null"))),
+            Self::Value(v) => Ok(Some(v)),
+        }
+    }
+}
+
+/// `POST /v1/tasks`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTaskBody {
+    /// 1–255 characters, trimmed, not blank.
+    pub title: String,
+    /// One of the task types.
+    #[serde(rename = "type")]
+    pub task_type: String,
+    /// 1–1440.
+    pub estimated_minutes: i64,
+    /// 1–5, default 3.
+    #[serde(default)]
+    pub priority: Option<i64>,
+    /// 1–5, default 1.
+    #[serde(default)]
+    pub difficulty: Option<i64>,
+    /// `YYYY-MM-DD`.
+    #[serde(default)]
+    pub due_date: Option<String>,
+    /// At most 20 tags of 1–32 characters.
+    #[serde(default)]
+    pub tags: Option<Vec<String>>,
+}
+
+/// `PATCH /v1/tasks/{id}`: at least one field.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateTaskBody {
+    /// New title.
+    #[serde(default)]
+    pub title: Patch<String>,
+    /// New estimate.
+    #[serde(default)]
+    pub estimated_minutes: Patch<i64>,
+    /// New priority.
+    #[serde(default)]
+    pub priority: Patch<i64>,
+    /// New difficulty.
+    #[serde(default)]
+    pub difficulty: Patch<i64>,
+    /// New due date; `null` clears it.
+    #[serde(default)]
+    pub due_date: Patch<String>,
+    /// New tags.
+    #[serde(default)]
+    pub tags: Patch<Vec<String>>,
+}
+
+/// `POST /v1/tasks/{id}/complete`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompleteTaskBody {
+    /// 0–1440.
+    pub actual_minutes: i64,
+    /// At most 2000 characters.
+    #[serde(default)]
+    pub note: Option<String>,
+}
+
+/// `POST /v1/tasks/{id}/abandon` (body optional).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AbandonTaskBody {
+    /// At most 2000 characters.
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+fn invalid(field: &'static str, message: impl Into<String>) -> TaskError {
+    TaskError::Invalid {
+        field,
+        message: message.into(),
+    }
+}
+
+fn title(raw: &str) -> Result<String, TaskError> {
+    let t = raw.trim();
+    if t.is_empty() {
+        return Err(invalid("title", "title must not be blank"));
+    }
+    if t.chars().count() > 255 {
+        return Err(invalid("title", "title must be at most 255 characters"));
+    }
+    Ok(t.to_owned())
+}
+
+fn ranged<T: TryFrom<i64>>(field: &'static str, v: i64, lo: i64, hi: i64) -> Result<T, TaskError> {
+    if !(lo..=hi).contains(&v) {
+        return Err(invalid(
+            field,
+            format!("{field} must be between {lo} and {hi}"),
+        ));
+    }
+    T::try_from(v).map_err(|_| invalid(field, format!("{field} is out of range")))
+}
+
+fn task_type(raw: &str) -> Result<TaskType, TaskError> {
+    TaskType::parse(raw).ok_or_else(|| {
+        let all: Vec<_> = TaskType::ALL.iter().map(|t| t.as_str()).collect();
+        invalid("type", format!("type must be one of {}", all.join(", ")))
+    })
+}
+
+fn due_date(raw: &str) -> Result<time::Date, TaskError> {
+    date_format::parse(raw)
+        .ok_or_else(|| invalid("due_date", "due_date must be a date like 2026-12-31"))
+}
+
+fn tags(raw: Vec<String>) -> Result<Vec<String>, TaskError> {
+    if raw.len() > 20 {
+        return Err(invalid("tags", "at most 20 tags"));
+    }
+    raw.into_iter()
+        .map(|t| {
+            let t = t.trim().to_owned();
+            let n = t.chars().count();
+            if (1..=32).contains(&n) {
+                Ok(t)
+            } else {
+                Err(invalid("tags", "each tag must be 1 to 32 characters"))
+            }
+        })
+        .collect()
+}
+
+fn long_text(field: &'static str, raw: Option<String>) -> Result<Option<String>, TaskError> {
+    match raw {
+        Some(s) if s.chars().count() > 2000 => Err(invalid(
+            field,
+            format!("{field} must be at most 2000 characters"),
+        )),
+        other => Ok(other),
+    }
+}
+
+impl CreateTaskBody {
+    /// Validates into a command creating task `id`.
+    ///
+    /// # Errors
+    /// [`TaskError::Invalid`] naming the first bad field.
+    pub fn validate(self, id: Uuid) -> Result<CreateTask, TaskError> {
+        Ok(CreateTask {
+            id,
+            title: title(&self.title)?,
+            task_type: task_type(&self.task_type)?,
+            estimated_minutes: ranged("estimated_minutes", self.estimated_minutes, 1, 1440)?,
+            priority: ranged("priority", self.priority.unwrap_or(3), 1, 5)?,
+            difficulty: ranged("difficulty", self.difficulty.unwrap_or(1), 1, 5)?,
+            due_date: self.due_date.as_deref().map(due_date).transpose()?,
+            tags: tags(self.tags.unwrap_or_default())?,
+        })
+    }
+}
+
+impl UpdateTaskBody {
+    /// Validates into an update command.
+    ///
+    /// # Errors
+    /// [`TaskError::Invalid`] for a bad field, a `null` where clearing makes no sense, or an
+    /// empty body.
+    pub fn validate(self) -> Result<TaskCommand, TaskError> {
+        let nothing = self.title.is_absent()
+            && self.estimated_minutes.is_absent()
+            && self.priority.is_absent()
+            && self.difficulty.is_absent()
+            && self.due_date.is_absent()
+            && self.tags.is_absent();
+        if nothing {
+            return Err(TaskError::Invalid {
+                field: "body",
+                message: "send at least one field to change".into(),
+            });
+        }
+        Ok(TaskCommand::Update(UpdateTask {
+            title: self
+                .title
+                .required("title")?
+                .as_deref()
+                .map(title)
+                .transpose()?,
+            estimated_minutes: self
+                .estimated_minutes
+                .required("estimated_minutes")?
+                .map(|v| ranged("estimated_minutes", v, 1, 1440))
+                .transpose()?,
+            priority: self
+                .priority
+                .required("priority")?
+                .map(|v| ranged("priority", v, 1, 5))
+                .transpose()?,
+            difficulty: self
+                .difficulty
+                .required("difficulty")?
+                .map(|v| ranged("difficulty", v, 1, 5))
+                .transpose()?,
+            due_date: match self.due_date {
+                Patch::Absent => None,
+                Patch::Null => Some(None),
+                Patch::Value(d) => Some(Some(due_date(&d)?)),
+            },
+            tags: self.tags.required("tags")?.map(tags).transpose()?,
+        }))
+    }
+}
+
+impl CompleteTaskBody {
+    /// Validates into a complete command.
+    ///
+    /// # Errors
+    /// [`TaskError::Invalid`] naming the bad field.
+    pub fn validate(self) -> Result<TaskCommand, TaskError> {
+        Ok(TaskCommand::Complete {
+            actual_minutes: ranged("actual_minutes", self.actual_minutes, 0, 1440)?,
+            note: long_text("note", self.note)?,
+        })
+    }
+}
+
+impl AbandonTaskBody {
+    /// Validates into an abandon command.
+    ///
+    /// # Errors
+    /// [`TaskError::Invalid`] when the reason is too long.
+    pub fn validate(self) -> Result<TaskCommand, TaskError> {
+        Ok(TaskCommand::Abandon {
+            reason: long_text("reason", self.reason)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn create(v: serde_json::Value) -> Result<CreateTask, TaskError> {
+        serde_json::from_value::<CreateTaskBody>(v)
+            .expect("shape")
+            .validate(Uuid::nil())
+    }
+
+    fn field(r: Result<impl std::fmt::Debug, TaskError>) -> &'static str {
+        match r {
+            Err(TaskError::Invalid { field, .. }) => field,
+            other => panic!("expected invalid, got {other:?}"),
+        }
+    }
+
+    fn base() -> serde_json::Value {
+        json!({"title": "  Read  ", "type": "learning", "estimated_minutes": 30})
+    }
+
+    #[test]
+    fn a_minimal_create_gets_defaults_and_a_trimmed_title() {
+        let c = create(base()).expect("valid");
+        assert_eq!((c.title.as_str(), c.priority, c.difficulty), ("Read", 3, 1));
+        assert!(c.tags.is_empty() && c.due_date.is_none());
+    }
+
+    #[test]
+    fn each_create_rule_names_its_field() {
+        let with = |k: &str, v: serde_json::Value| {
+            let mut b = base();
+            b[k] = v;
+            create(b)
+        };
+        assert_eq!(field(with("title", json!("   "))), "title");
+        assert_eq!(field(with("title", json!("x".repeat(256)))), "title");
+        assert!(
+            with("title", json!("é".repeat(255))).is_ok(),
+            "255 characters, not bytes"
+        );
+        assert_eq!(field(with("type", json!("chores"))), "type");
+        assert_eq!(
+            field(with("estimated_minutes", json!(0))),
+            "estimated_minutes"
+        );
+        assert_eq!(
+            field(with("estimated_minutes", json!(1441))),
+            "estimated_minutes"
+        );
+        assert!(with("estimated_minutes", json!(1440)).is_ok());
+        assert_eq!(field(with("priority", json!(6))), "priority");
+        assert_eq!(field(with("difficulty", json!(0))), "difficulty");
+        assert_eq!(field(with("due_date", json!("2026-13-01"))), "due_date");
+        assert_eq!(field(with("due_date", json!("tomorrow"))), "due_date");
+        assert_eq!(field(with("tags", json!(vec!["a"; 21]))), "tags");
+        assert_eq!(field(with("tags", json!([""]))), "tags");
+        assert_eq!(field(with("tags", json!(["x".repeat(33)]))), "tags");
+        assert!(with("tags", json!(vec!["a"; 20])).is_ok());
+    }
+
+    #[test]
+    fn patch_distinguishes_absent_null_and_value() {
+        let parse = |v: serde_json::Value| {
+            serde_json::from_value::<UpdateTaskBody>(v)
+                .expect("shape")
+                .validate()
+        };
+        assert_eq!(field(parse(json!({}))), "body");
+        assert_eq!(field(parse(json!({"title": null}))), "title");
+        let TaskCommand::Update(u) = parse(json!({"due_date": null})).expect("clear") else {
+            panic!()
+        };
+        assert_eq!(u.due_date, Some(None));
+        assert_eq!(u.title, None);
+        let TaskCommand::Update(u) = parse(json!({"priority": 5, "tags": ["a"]})).expect("ok")
+        else {
+            panic!()
+        };
+        assert_eq!((u.priority, u.tags), (Some(5), Some(vec!["a".to_owned()])));
+        assert_eq!(field(parse(json!({"priority": 9}))), "priority");
+    }
+
+    #[test]
+    fn complete_and_abandon_bounds() {
+        let complete = |v: serde_json::Value| {
+            serde_json::from_value::<CompleteTaskBody>(v)
+                .expect("shape")
+                .validate()
+        };
+        assert!(complete(json!({"actual_minutes": 0})).is_ok());
+        assert_eq!(
+            field(complete(json!({"actual_minutes": -1}))),
+            "actual_minutes"
+        );
+        assert_eq!(
+            field(complete(
+                json!({"actual_minutes": 5, "note": "n".repeat(2001)})
+            )),
+            "note"
+        );
+        let abandon = AbandonTaskBody {
+            reason: Some("r".repeat(2001)),
+        };
+        assert_eq!(field(abandon.validate()), "reason");
+        assert!(AbandonTaskBody::default().validate().is_ok());
+    }
+}

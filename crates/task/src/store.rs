@@ -1,0 +1,232 @@
+//! The task commands' SQL. Each function runs inside the command runner's transaction: it
+//! locks (or inserts) the task row, applies the pure rules, writes the new row and returns the
+//! events for the runner to append.
+
+use events::EventContext;
+use outbox::Transaction;
+use outbox::tokio_postgres::Row;
+use service_kit::command::CommandOutcome;
+use uuid::Uuid;
+
+use crate::domain::{
+    CreateTask, Task, TaskCommand, TaskError, TaskEvent, TaskStatus, TaskType, decide,
+    decide_create, evolve,
+};
+use crate::{AGGREGATE_TYPE, MODULE};
+
+const COLUMNS: &str = "id, user_id, title, type, tags, estimated_minutes, priority, difficulty, status, \
+    due_date, started_at, completed_at, actual_minutes, note, abandon_reason, created_at, updated_at, \
+    deleted_at IS NOT NULL, version";
+
+/// Reads a row selected with [`COLUMNS`].
+///
+/// # Errors
+/// [`TaskError::MalformedEvent`] if a stored enum value is unknown (the CHECK constraints
+/// prevent it).
+pub fn from_row(row: &Row) -> Result<Task, TaskError> {
+    let corrupt = |what: &str| TaskError::MalformedEvent {
+        event_type: "row".into(),
+        reason: what.into(),
+    };
+    Ok(Task {
+        id: row.get(0),
+        user_id: row.get(1),
+        title: row.get(2),
+        task_type: TaskType::parse(row.get(3)).ok_or_else(|| corrupt("type"))?,
+        tags: row.get(4),
+        estimated_minutes: row.get(5),
+        priority: row.get(6),
+        difficulty: row.get(7),
+        status: TaskStatus::parse(row.get(8)).ok_or_else(|| corrupt("status"))?,
+        due_date: row.get(9),
+        started_at: row.get(10),
+        completed_at: row.get(11),
+        actual_minutes: row.get(12),
+        note: row.get(13),
+        abandon_reason: row.get(14),
+        created_at: row.get(15),
+        updated_at: row.get(16),
+        deleted: row.get(17),
+        version: row.get(18),
+    })
+}
+
+fn envelopes(
+    ctx: &EventContext,
+    id: Uuid,
+    first_version: i64,
+    events: &[TaskEvent],
+) -> Vec<events::EventEnvelope> {
+    events
+        .iter()
+        .zip(first_version..)
+        .map(|(e, v)| ctx.envelope(AGGREGATE_TYPE, id, v, e.event_type(), e.payload()))
+        .collect()
+}
+
+/// Creates a task owned by the context's user.
+///
+/// # Errors
+/// [`TaskError::Store`] when PostgreSQL fails.
+pub async fn create(
+    tx: &Transaction<'_>,
+    ctx: &EventContext,
+    cmd: &CreateTask,
+) -> Result<CommandOutcome, TaskError> {
+    let user = ctx.user_id.unwrap_or_default();
+    let events = decide_create(user, cmd);
+    let task = events.iter().zip(1..).try_fold(None, |state, (e, v)| {
+        evolve(state, e, cmd.id, v, ctx.now).map(Some)
+    })?;
+    let Some(task) = task else {
+        return Err(TaskError::NotFound);
+    };
+    tx.execute(
+        "INSERT INTO tasks (id, user_id, title, type, tags, estimated_minutes, priority, difficulty,
+                            status, due_date, created_at, updated_at, version)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+        &[
+            &task.id,
+            &task.user_id,
+            &task.title,
+            &task.task_type.as_str(),
+            &task.tags,
+            &task.estimated_minutes,
+            &task.priority,
+            &task.difficulty,
+            &task.status.as_str(),
+            &task.due_date,
+            &task.created_at,
+            &task.updated_at,
+            &task.version,
+        ],
+    )
+    .await
+    .map_err(outbox::OutboxError::from)?;
+    Ok(CommandOutcome::new(
+        MODULE.name,
+        task.id,
+        task.version,
+        envelopes(ctx, task.id, 1, &events),
+    )
+    .created_at(format!("/v1/tasks/{}", task.id)))
+}
+
+/// Runs `cmd` on task `id` for the context's user.
+///
+/// Order of checks: the task must exist, be the caller's and not be deleted (else 404, so
+/// other users' tasks are indistinguishable from missing ones); then `If-Match` (412); then the
+/// transition (409).
+///
+/// # Errors
+/// [`TaskError::NotFound`], [`TaskError::VersionMismatch`], [`TaskError::InvalidTransition`],
+/// [`TaskError::Store`].
+pub async fn execute(
+    tx: &Transaction<'_>,
+    ctx: &EventContext,
+    id: Uuid,
+    expected_version: Option<i64>,
+    cmd: &TaskCommand,
+) -> Result<CommandOutcome, TaskError> {
+    // FOR UPDATE serialises commands on one task: they commit in version order, so their
+    // outbox rows are in version order too.
+    let row = tx
+        .query_opt(
+            &format!("SELECT {COLUMNS} FROM tasks WHERE id = $1 FOR UPDATE"),
+            &[&id],
+        )
+        .await
+        .map_err(outbox::OutboxError::from)?;
+    let task = row.as_ref().map(from_row).transpose()?;
+    let task = match task {
+        Some(t) if Some(t.user_id) == ctx.user_id && !t.deleted => t,
+        _ => return Err(TaskError::NotFound),
+    };
+    if let Some(expected) = expected_version
+        && expected != task.version
+    {
+        return Err(TaskError::VersionMismatch {
+            expected,
+            current: task.version,
+        });
+    }
+    let events = decide(&task, cmd)?;
+    if events.is_empty() {
+        return Ok(CommandOutcome::new(MODULE.name, id, task.version, vec![]));
+    }
+    let first = task.version + 1;
+    let new = events
+        .iter()
+        .zip(first..)
+        .try_fold(task, |t, (e, v)| evolve(Some(t), e, id, v, ctx.now))?;
+    tx.execute(
+        "UPDATE tasks SET title = $2, tags = $3, estimated_minutes = $4, priority = $5, difficulty = $6,
+                status = $7, due_date = $8, started_at = $9, completed_at = $10, actual_minutes = $11,
+                note = $12, abandon_reason = $13, updated_at = $14, version = $15,
+                deleted_at = CASE WHEN $16 THEN $14 ELSE NULL END
+         WHERE id = $1",
+        &[
+            &id,
+            &new.title,
+            &new.tags,
+            &new.estimated_minutes,
+            &new.priority,
+            &new.difficulty,
+            &new.status.as_str(),
+            &new.due_date,
+            &new.started_at,
+            &new.completed_at,
+            &new.actual_minutes,
+            &new.note,
+            &new.abandon_reason,
+            &new.updated_at,
+            &new.version,
+            &new.deleted,
+        ],
+    )
+    .await
+    .map_err(outbox::OutboxError::from)?;
+    Ok(CommandOutcome::new(
+        MODULE.name,
+        id,
+        new.version,
+        envelopes(ctx, id, first, &events),
+    ))
+}
+
+/// Loads a task row (deleted ones included): for tests and checks that compare the read model
+/// with PostgreSQL.
+///
+/// # Errors
+/// [`TaskError::Store`] when PostgreSQL fails.
+pub async fn load(
+    client: &impl outbox::tokio_postgres::GenericClient,
+    id: Uuid,
+) -> Result<Option<Task>, TaskError> {
+    let row = client
+        .query_opt(
+            &format!("SELECT {COLUMNS} FROM tasks WHERE id = $1"),
+            &[&id],
+        )
+        .await
+        .map_err(outbox::OutboxError::from)?;
+    row.as_ref().map(from_row).transpose()
+}
+
+/// Every live task of a user, newest first: what the read model's list must equal.
+///
+/// # Errors
+/// [`TaskError::Store`] when PostgreSQL fails.
+pub async fn live_tasks_of(
+    client: &impl outbox::tokio_postgres::GenericClient,
+    user: Uuid,
+) -> Result<Vec<Task>, TaskError> {
+    let rows = client
+        .query(
+            &format!("SELECT {COLUMNS} FROM tasks WHERE user_id = $1 AND deleted_at IS NULL ORDER BY created_at DESC, id DESC"),
+            &[&user],
+        )
+        .await
+        .map_err(outbox::OutboxError::from)?;
+    rows.iter().map(from_row).collect()
+}
