@@ -26,6 +26,7 @@ CREATE INDEX event_store_aggregate_type_position ON event_store (aggregate_type,
 CREATE TABLE outbox (
     seq        bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     event_id   uuid        NOT NULL,
+    event_type text        NOT NULL,
     module     text        NOT NULL,
     partition  integer     NOT NULL CHECK (partition >= 0),
     -- The whole envelope as sent to Redis; `json` keeps the text as written (no re-encoding).

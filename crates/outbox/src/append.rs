@@ -70,8 +70,8 @@ pub async fn append_events(
                                   $6::bigint[], $7::timestamptz[], $8::jsonb[], $9::jsonb[])
              RETURNING 1
          ), queued AS (
-             INSERT INTO outbox (event_id, module, partition, envelope)
-             SELECT * FROM UNNEST($1::uuid[], $10::text[], $11::int[], $12::text[]::json[])
+             INSERT INTO outbox (event_id, event_type, module, partition, envelope)
+             SELECT * FROM UNNEST($1::uuid[], $2::text[], $10::text[], $11::int[], $12::text[]::json[])
              RETURNING 1
          )
          SELECT pg_notify('cqrs_outbox_' || current_schema(), $13)",

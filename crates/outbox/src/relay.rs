@@ -14,6 +14,8 @@ pub struct OutboxRow {
     pub seq: i64,
     /// The event's id.
     pub event_id: Uuid,
+    /// The event's type.
+    pub event_type: String,
     /// The module whose stream the event goes to.
     pub module: String,
     /// The partition fixed when the event was written.
@@ -90,7 +92,7 @@ impl OutboxStore {
         let tx = client.transaction().await.map_err(OutboxError::from)?;
         let rows = tx
             .query(
-                "SELECT seq, event_id, module, partition, envelope::text, created_at
+                "SELECT seq, event_id, event_type, module, partition, envelope::text, created_at
                  FROM outbox WHERE partition = $1 ORDER BY seq LIMIT $2",
                 &[&partition, &limit],
             )
@@ -104,10 +106,11 @@ impl OutboxStore {
             .map(|r| OutboxRow {
                 seq: r.get(0),
                 event_id: r.get(1),
-                module: r.get(2),
-                partition: r.get(3),
-                envelope: r.get(4),
-                created_at: r.get(5),
+                event_type: r.get(2),
+                module: r.get(3),
+                partition: r.get(4),
+                envelope: r.get(5),
+                created_at: r.get(6),
             })
             .collect();
         publish(&batch).await.map_err(PublishError::Publish)?;

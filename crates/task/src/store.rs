@@ -162,8 +162,8 @@ pub async fn execute(
     tx.execute(
         "UPDATE tasks SET title = $2, tags = $3, estimated_minutes = $4, priority = $5, difficulty = $6,
                 status = $7, due_date = $8, started_at = $9, completed_at = $10, actual_minutes = $11,
-                note = $12, abandon_reason = $13, updated_at = $14, version = $15,
-                deleted_at = CASE WHEN $16 THEN $14 ELSE NULL END
+                note = $12, abandon_reason = $13, updated_at = $14::timestamptz, version = $15,
+                deleted_at = CASE WHEN $16::boolean THEN $14::timestamptz ELSE NULL END
          WHERE id = $1",
         &[
             &id,

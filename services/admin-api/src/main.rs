@@ -1,1 +1,20 @@
-fn main() {}
+use admin_api::{Application, Cli, Command, migrate};
+use clap::Parser as _;
+use service_kit::shutdown::{shutdown_signal, token_from};
+use service_kit::telemetry::init_tracing;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_tracing(&cli.settings.telemetry, "admin-api");
+    if let Some(Command::Migrate) = cli.command {
+        migrate(&cli.settings)
+            .await
+            .inspect_err(|e| tracing::error!(error = format!("{e:#}"), "migration failed"))?;
+        return Ok(());
+    }
+    let app = Application::build(cli.settings)
+        .await
+        .inspect_err(|e| tracing::error!(error = format!("{e:#}"), "cannot start"))?;
+    app.run_until_stopped(token_from(shutdown_signal())).await
+}

@@ -1,0 +1,196 @@
+//! Starting the service binaries as real processes, with their logs captured to files.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::process::{Child, Command};
+
+/// Directory of the built binaries: `CQRS_BIN_DIR`, else the directory above the test
+/// executable's `deps/` (where cargo puts binaries of the same profile).
+///
+/// # Panics
+/// When neither exists.
+#[must_use]
+pub fn bin_dir() -> PathBuf {
+    if let Ok(dir) = std::env::var("CQRS_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    let deps = exe.parent().expect("deps dir");
+    deps.parent().expect("profile dir").to_path_buf()
+}
+
+/// The path of binary `name`.
+///
+/// # Panics
+/// When it was not built, saying how to build it.
+#[must_use]
+pub fn binary(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the binaries first (`cargo build --workspace --bins`; `make test` does)",
+        path.display()
+    );
+    path
+}
+
+/// Picks a free TCP port on 127.0.0.1.
+///
+/// # Panics
+/// When no port can be bound.
+#[must_use]
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// A running service process; killed when dropped.
+pub struct Service {
+    /// Binary name.
+    pub name: String,
+    /// Its HTTP port.
+    pub port: u16,
+    /// The process.
+    pub child: Child,
+    /// Where its output goes.
+    pub log: PathBuf,
+    env: Vec<(String, String)>,
+    args: Vec<String>,
+}
+
+impl Service {
+    /// Starts `name` with `env` (plus `HTTP_ADDR` on a free port and pretty logs into a file
+    /// under `log_dir`), without waiting for it to be ready.
+    ///
+    /// # Panics
+    /// When the process cannot be started.
+    pub fn spawn(name: &str, env: &[(String, String)], log_dir: &Path) -> Self {
+        let port = free_port();
+        let mut env: Vec<(String, String)> = env.to_vec();
+        env.push(("HTTP_ADDR".into(), format!("127.0.0.1:{port}")));
+        let log = log_dir.join(format!("{name}-{port}.log"));
+        let child = start(name, &env, &[], &log);
+        Self {
+            name: name.into(),
+            port,
+            child,
+            log,
+            env,
+            args: vec![],
+        }
+    }
+
+    /// Base URL.
+    #[must_use]
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Waits until `/readyz` answers 200.
+    ///
+    /// # Panics
+    /// When it does not within `timeout`, printing the log.
+    pub async fn wait_ready(&mut self, timeout: Duration) {
+        let client = reqwest::Client::new();
+        let url = format!("{}/readyz", self.url());
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("{} exited with {status}:\n{}", self.name, self.log_text());
+            }
+            if let Ok(r) = client
+                .get(&url)
+                .timeout(Duration::from_secs(1))
+                .send()
+                .await
+                && r.status().is_success()
+            {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} not ready in {timeout:?}:\n{}",
+                self.name,
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The captured output so far.
+    #[must_use]
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    ///
+    /// # Panics
+    /// When the process cannot be signalled or waited for.
+    pub async fn terminate(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let pid = self.child.id().expect("running");
+        let _ = std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status();
+        tokio::time::timeout(timeout, self.child.wait())
+            .await
+            .expect("exit in time")
+            .expect("wait")
+    }
+
+    /// SIGKILLs the process (a crash) and waits for it.
+    pub async fn kill(&mut self) {
+        let _ = self.child.kill().await;
+    }
+
+    /// Starts the same binary again on the same port and settings.
+    pub fn restart(&mut self) {
+        self.child = start(&self.name, &self.env, &self.args, &self.log);
+    }
+}
+
+fn start(name: &str, env: &[(String, String)], args: &[String], log: &Path) -> Child {
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("log file");
+    let err = out.try_clone().expect("log file");
+    Command::new(binary(name))
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .env("LOG_FORMAT", "pretty")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(out))
+        .stderr(Stdio::from(err))
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn service")
+}
+
+/// Runs `name args…` to completion and returns (exit code, stdout, stderr).
+///
+/// # Panics
+/// When the binary cannot be run.
+pub async fn run(name: &str, args: &[&str], env: &[(String, String)]) -> (i32, String, String) {
+    let out = Command::new(binary(name))
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .env("LOG_FORMAT", "pretty")
+        .env("NO_COLOR", "1")
+        .output()
+        .await
+        .expect("run binary");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

@@ -1,0 +1,131 @@
+//! outbox-relay: moves committed events from the PostgreSQL outbox to Redis Streams.
+
+pub mod metrics;
+pub mod relay;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Parser};
+use service_kit::health::Health;
+use service_kit::http::server::{self, ServerOptions};
+use service_kit::settings::{PostgresArgs, RedisArgs, ShutdownArgs, StreamArgs, TelemetryArgs};
+use streams::RedisPools;
+use tokio_util::sync::CancellationToken;
+
+pub use relay::{Relay, RelaySettings};
+
+/// Command line of the binary.
+#[derive(Debug, Parser)]
+#[command(
+    name = "outbox-relay",
+    version,
+    about = "Publishes the outbox to Redis Streams"
+)]
+pub struct Cli {
+    /// Settings.
+    #[command(flatten)]
+    pub settings: Settings,
+}
+
+/// Settings (flags or same-named environment variables).
+#[derive(Debug, Clone, Args)]
+pub struct Settings {
+    #[command(flatten)]
+    pub postgres: PostgresArgs,
+    #[command(flatten)]
+    pub redis: RedisArgs,
+    #[command(flatten)]
+    pub streams: StreamArgs,
+    #[command(flatten)]
+    pub telemetry: TelemetryArgs,
+    #[command(flatten)]
+    pub shutdown: ShutdownArgs,
+    /// Listen address of /healthz, /readyz, /metrics.
+    #[arg(long, env = "HTTP_ADDR", default_value = "0.0.0.0:9101")]
+    pub http_addr: SocketAddr,
+    /// Rows per publish batch.
+    #[arg(long, env = "RELAY_BATCH_SIZE", default_value_t = 500, value_parser = clap::value_parser!(i64).range(1..=10_000))]
+    pub relay_batch_size: i64,
+    /// Poll fallback when no NOTIFY arrives, milliseconds.
+    #[arg(long, env = "RELAY_POLL_INTERVAL_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    pub relay_poll_interval_ms: u64,
+}
+
+/// A built relay.
+pub struct Application {
+    relay: Relay,
+    pg: outbox::PgSettings,
+    server: server::Server,
+    health: Health,
+    port: u16,
+}
+
+impl Application {
+    /// Connects, checks the schema, binds the health server.
+    ///
+    /// # Errors
+    /// Bad settings, a schema behind this build, a busy port.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let pg = settings.postgres.pg_settings("outbox-relay");
+        let pool = outbox::connect(&pg)?;
+        outbox::migrate::ensure_current(&pool)
+            .await
+            .context("checking the database schema")?;
+        let redis = RedisPools::connect(&settings.redis.redis_settings())?;
+        let relay = Relay::new(
+            pool.clone(),
+            redis.clone(),
+            settings.streams.stream_partitions,
+            RelaySettings {
+                batch_size: settings.relay_batch_size,
+                poll_interval: Duration::from_millis(settings.relay_poll_interval_ms),
+            },
+        );
+        let health = Health::new("outbox-relay")
+            .with_postgres(pool)
+            .with_redis(redis);
+        let listener = server::bind(settings.http_addr)?;
+        let port = listener.local_addr()?.port();
+        let options = ServerOptions {
+            workers: Some(1),
+            grace: settings.shutdown.grace(),
+        };
+        let server = server::start(listener, options, health.clone(), |_| {})?;
+        Ok(Self {
+            relay,
+            pg,
+            server,
+            health,
+            port,
+        })
+    }
+
+    /// The health server's port.
+    #[must_use]
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The relay (tests step it directly).
+    #[must_use]
+    pub fn relay(&self) -> &Relay {
+        &self.relay
+    }
+
+    /// Relays until `shutdown`, then finishes the round in hand and stops.
+    ///
+    /// # Errors
+    /// The health server's IO error.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let http = tokio::spawn(server::run_until_cancelled(
+            self.server,
+            self.health,
+            shutdown.clone(),
+        ));
+        self.relay.run(self.pg, shutdown).await;
+        http.await.context("health server task")??;
+        Ok(())
+    }
+}

@@ -1,0 +1,10 @@
+//! Metric names of the relay (architecture.md §9).
+
+/// Rows waiting in the outbox.
+pub const OUTBOX_PENDING_COUNT: &str = "cqrs_outbox_pending_count";
+/// Age of the oldest waiting row, seconds.
+pub const OUTBOX_OLDEST_PENDING_AGE_SECONDS: &str = "cqrs_outbox_oldest_pending_age_seconds";
+/// Seconds from the outbox insert (≈ commit) to the XADD.
+pub const PUBLISH_LAG_SECONDS: &str = "cqrs_outbox_publish_lag_seconds";
+/// Events published: `event_type`.
+pub const EVENTS_PUBLISHED_TOTAL: &str = "cqrs_events_published_total";
