@@ -20,7 +20,7 @@ pub struct PgSettings {
     /// How long to wait for a new connection or a free pooled one before reporting the database
     /// unavailable. Short, so that a request fails fast with 503 during an outage.
     pub connect_timeout: Duration,
-    /// `application_name` shown in `pg_stat_activity`.
+    /// `application_name` shown in `pg_stat_activity`, as `<name>@<schema>`.
     pub application_name: String,
 }
 
@@ -49,7 +49,7 @@ impl PgSettings {
             .parse()
             .map_err(|e| OutboxError::Config(format!("DATABASE_URL does not parse: {e}")))?;
         cfg.options(format!("-c search_path={}", self.schema))
-            .application_name(&self.application_name)
+            .application_name(&format!("{}@{}", self.application_name, self.schema))
             .connect_timeout(self.connect_timeout)
             .keepalives(true)
             .keepalives_idle(Duration::from_secs(10));

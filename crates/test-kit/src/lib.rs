@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used)]
 
 pub mod process;
+pub mod proxy;
 
 use std::future::Future;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -127,8 +128,20 @@ impl Drop for TestDb {
         block_on_side(async move {
             if let Ok((client, conn)) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
                 tokio::spawn(conn);
+                // Connections of the test (and of in-process apps) may still hold a
+                // transaction whose ROLLBACK is queued on the test's runtime, which this drop
+                // is blocking: end them, or DROP SCHEMA would wait for their locks forever.
                 let _ = client
-                    .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
+                    .execute(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                         WHERE application_name LIKE '%@' || $1::text AND pid <> pg_backend_pid()",
+                        &[&schema],
+                    )
+                    .await;
+                let _ = client
+                    .batch_execute(&format!(
+                        "SET lock_timeout = '10s'; DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"
+                    ))
                     .await;
             }
         });

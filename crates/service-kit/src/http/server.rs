@@ -45,6 +45,8 @@ pub fn start<F>(
 where
     F: Fn(&mut web::ServiceConfig) + Send + Clone + 'static,
 {
+    // Install the recorder before the first request: metrics recorded earlier would be lost.
+    let _ = crate::telemetry::metrics_handle();
     let health_data = web::Data::new(health);
     let mut server = HttpServer::new(move || {
         App::new()

@@ -1,0 +1,279 @@
+//! The PostgreSQL side against a real server: migrations, append, relay batches, LISTEN.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use events::{EventContext, EventEnvelope};
+use outbox::listener::Listener;
+use outbox::relay::{OutboxStore, PublishError};
+use outbox::{OutboxError, append_events};
+use test_kit::TestDb;
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+fn events_for(aggregate: Uuid, versions: std::ops::RangeInclusive<i64>) -> Vec<EventEnvelope> {
+    let ctx = EventContext::new(Some(Uuid::now_v7()), Some("req-1".into()), "test");
+    versions
+        .map(|v| {
+            ctx.envelope(
+                "Task",
+                aggregate,
+                v,
+                "task.updated",
+                serde_json::json!({"n": v}),
+            )
+        })
+        .collect()
+}
+
+async fn count(db: &TestDb, table: &str) -> i64 {
+    let c = db.pool.get().await.expect("client");
+    c.query_one(&format!("SELECT count(*) FROM {table}"), &[])
+        .await
+        .expect("count")
+        .get(0)
+}
+
+async fn append(db: &TestDb, events: &[EventEnvelope]) {
+    append_with(db, events, 4).await;
+}
+
+async fn append_with(db: &TestDb, events: &[EventEnvelope], partitions: u32) {
+    let mut c = db.pool.get().await.expect("client");
+    let tx = c.transaction().await.expect("tx");
+    append_events(&tx, events, partitions)
+        .await
+        .expect("append");
+    tx.commit().await.expect("commit");
+}
+
+#[tokio::test]
+async fn migrate_is_idempotent_and_safe_from_concurrent_runners() {
+    let db = TestDb::unmigrated().await;
+    let other = outbox::connect(&db.settings).expect("second pool");
+    let (a, b) = tokio::join!(
+        outbox::migrate::migrate(&db.pool, &db.schema),
+        outbox::migrate::migrate(&other, &db.schema)
+    );
+    let (a, b) = (a.expect("first runner"), b.expect("second runner"));
+    let required = outbox::migrate::required_version();
+    // Exactly one runner applied the migrations; the other found nothing to do.
+    let mut applied = [a.applied.len(), b.applied.len()];
+    applied.sort_unstable();
+    assert_eq!(applied, [0, outbox::migrate::MIGRATIONS.len()]);
+    assert_eq!((a.current, b.current), (required, required));
+    let again = outbox::migrate::migrate(&db.pool, &db.schema)
+        .await
+        .expect("third run");
+    assert!(again.applied.is_empty());
+    outbox::migrate::ensure_current(&db.pool)
+        .await
+        .expect("current");
+}
+
+#[tokio::test]
+async fn a_schema_behind_the_build_is_refused_naming_the_command() {
+    let db = TestDb::unmigrated().await;
+    let err = outbox::migrate::ensure_current(&db.pool)
+        .await
+        .expect_err("behind");
+    assert!(
+        matches!(err, OutboxError::SchemaBehind { current: 0, .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("admin-api migrate"), "{err}");
+}
+
+#[tokio::test]
+async fn an_edited_migration_is_detected() {
+    let db = TestDb::new().await;
+    let c = db.pool.get().await.expect("client");
+    c.execute(
+        "UPDATE schema_migrations SET checksum = 'x' WHERE version = 1",
+        &[],
+    )
+    .await
+    .expect("tamper");
+    let err = outbox::migrate::migrate(&db.pool, &db.schema)
+        .await
+        .expect_err("edited");
+    assert!(
+        matches!(err, OutboxError::MigrationEdited { version: 1 }),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn appended_events_land_in_both_tables_only_on_commit() {
+    let db = TestDb::new().await;
+    let id = Uuid::now_v7();
+    {
+        let mut c = db.pool.get().await.expect("client");
+        let tx = c.transaction().await.expect("tx");
+        append_events(&tx, &events_for(id, 1..=2), 4)
+            .await
+            .expect("append");
+        tx.rollback().await.expect("rollback");
+    }
+    assert_eq!(
+        (count(&db, "event_store").await, count(&db, "outbox").await),
+        (0, 0)
+    );
+    append(&db, &events_for(id, 1..=2)).await;
+    assert_eq!(
+        (count(&db, "event_store").await, count(&db, "outbox").await),
+        (2, 2)
+    );
+    let c = db.pool.get().await.expect("client");
+    let row = c
+        .query_one(
+            "SELECT partition, event_type, module, envelope::text FROM outbox ORDER BY seq LIMIT 1",
+            &[],
+        )
+        .await
+        .expect("row");
+    assert_eq!(row.get::<_, i32>(0) as u32, events::partition_for(id, 4));
+    assert_eq!(
+        (row.get::<_, &str>(1), row.get::<_, &str>(2)),
+        ("task.updated", "task")
+    );
+    let envelope = EventEnvelope::from_json(row.get::<_, &str>(3).as_bytes()).expect("envelope");
+    assert_eq!((envelope.aggregate_id, envelope.aggregate_version), (id, 1));
+    assert_eq!(envelope.metadata.correlation_id.as_deref(), Some("req-1"));
+}
+
+#[tokio::test]
+async fn a_second_writer_of_the_same_version_conflicts() {
+    let db = TestDb::new().await;
+    let id = Uuid::now_v7();
+    append(&db, &events_for(id, 1..=1)).await;
+    let mut c = db.pool.get().await.expect("client");
+    let tx = c.transaction().await.expect("tx");
+    let err = append_events(&tx, &events_for(id, 1..=1), 4)
+        .await
+        .expect_err("duplicate version");
+    assert!(matches!(err, OutboxError::Conflict(_)), "{err:?}");
+}
+
+#[tokio::test]
+async fn relay_batches_delete_only_rows_whose_publish_succeeded() {
+    let db = TestDb::new().await;
+    let id = Uuid::now_v7();
+    let p = events::partition_for(id, 4) as i32;
+    append(&db, &events_for(id, 1..=5)).await;
+    let store = OutboxStore::new(db.pool.clone());
+
+    let failed = store
+        .publish_batch(p, 3, async |_rows| {
+            Err::<(), _>(std::io::Error::other("redis down"))
+        })
+        .await;
+    assert!(matches!(failed, Err(PublishError::Publish(_))));
+    assert_eq!(
+        count(&db, "outbox").await,
+        5,
+        "a failed publish deletes nothing"
+    );
+
+    let mut seen = vec![];
+    let n = store
+        .publish_batch(p, 3, async |rows| {
+            seen.extend(rows.iter().map(|r| r.seq));
+            Ok::<(), std::io::Error>(())
+        })
+        .await
+        .expect("publish");
+    assert_eq!(n, 3);
+    assert!(
+        seen.windows(2).all(|w| w[0] < w[1]),
+        "sequence order: {seen:?}"
+    );
+    assert_eq!(count(&db, "outbox").await, 2);
+    assert_eq!(count(&db, "event_store").await, 5, "history is kept");
+    let empty = store
+        .publish_batch(p + 1, 3, async |_| Ok::<(), std::io::Error>(()))
+        .await
+        .expect("other");
+    assert_eq!(empty, 0, "other partitions are untouched");
+}
+
+#[tokio::test]
+async fn a_late_commit_with_a_lower_sequence_is_still_published() {
+    let db = TestDb::new().await;
+    let store = OutboxStore::new(db.pool.clone());
+    let (early, late) = (Uuid::now_v7(), Uuid::now_v7());
+    // Take a low sequence number in a transaction that stays open...
+    let mut slow = db.pool.get().await.expect("client");
+    let slow_tx = slow.transaction().await.expect("tx");
+    append_events(&slow_tx, &events_for(early, 1..=1), 1)
+        .await
+        .expect("append");
+    // ...while a later transaction commits and is published.
+    append_with(&db, &events_for(late, 1..=1), 1).await;
+    let mut published = vec![];
+    store
+        .publish_batch(0, 100, async |rows| {
+            published.extend(rows.iter().map(|r| r.event_id));
+            Ok::<(), std::io::Error>(())
+        })
+        .await
+        .expect("publish");
+    assert_eq!(published.len(), 1);
+    slow_tx.commit().await.expect("late commit");
+    let mut later = vec![];
+    store
+        .publish_batch(0, 100, async |rows| {
+            later.extend(rows.iter().map(|r| r.aggregate_id_of()));
+            Ok::<(), std::io::Error>(())
+        })
+        .await
+        .expect("publish");
+    assert_eq!(
+        later,
+        vec![early],
+        "the late row is found by the next round"
+    );
+}
+
+trait AggregateOf {
+    fn aggregate_id_of(&self) -> Uuid;
+}
+
+impl AggregateOf for outbox::relay::OutboxRow {
+    fn aggregate_id_of(&self) -> Uuid {
+        EventEnvelope::from_json(self.envelope.as_bytes())
+            .expect("envelope")
+            .aggregate_id
+    }
+}
+
+#[tokio::test]
+async fn listener_wakes_on_commit_and_not_on_rollback() {
+    let db = TestDb::new().await;
+    let wake = Arc::new(Notify::new());
+    let _listener = Listener::start(&db.settings, wake.clone())
+        .await
+        .expect("listen");
+    // The listener wakes once right after subscribing, for work committed before it existed.
+    tokio::time::timeout(Duration::from_secs(2), wake.notified())
+        .await
+        .expect("initial wake");
+    {
+        let mut c = db.pool.get().await.expect("client");
+        let tx = c.transaction().await.expect("tx");
+        append_events(&tx, &events_for(Uuid::now_v7(), 1..=1), 1)
+            .await
+            .expect("append");
+        tx.rollback().await.expect("rollback");
+    }
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), wake.notified())
+            .await
+            .is_err(),
+        "a rolled-back transaction must not wake the relay"
+    );
+    append(&db, &events_for(Uuid::now_v7(), 1..=1)).await;
+    tokio::time::timeout(Duration::from_secs(2), wake.notified())
+        .await
+        .expect("woken by commit");
+}

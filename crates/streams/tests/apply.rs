@@ -1,0 +1,244 @@
+//! The atomic apply script and stream primitives against a real Redis.
+
+use streams::consumer::{self, ReadFrom};
+use streams::publisher::{self, StreamEntry};
+use streams::redis;
+use streams::{ApplyItem, ApplyOutcome, Op, apply_batch};
+use test_kit::TestRedis;
+use uuid::Uuid;
+
+async fn get(r: &TestRedis, key: &str) -> Option<String> {
+    let mut c = r.pools.commands.get().await.expect("conn");
+    redis::cmd("GET")
+        .arg(key)
+        .query_async(&mut c)
+        .await
+        .expect("get")
+}
+
+fn item(
+    r: &TestRedis,
+    aggregate: Uuid,
+    version: i64,
+    ops: Vec<Op>,
+    ack: Option<(String, String, String)>,
+) -> ApplyItem {
+    ApplyItem {
+        versions_key: format!("{}versions", r.prefix),
+        aggregate_id: aggregate,
+        version,
+        ops,
+        ack,
+    }
+}
+
+fn set(r: &TestRedis, k: &str, v: &str) -> Op {
+    Op::Set {
+        key: format!("{}{k}", r.prefix),
+        value: v.into(),
+    }
+}
+
+#[tokio::test]
+async fn applies_in_order_and_ignores_duplicates_and_gaps() {
+    let r = TestRedis::new().await;
+    let a = Uuid::now_v7();
+    let mut c = r.pools.commands.get().await.expect("conn");
+    let outcomes = apply_batch(
+        &mut *c,
+        &[
+            item(&r, a, 1, vec![set(&r, "v", "one")], None),
+            item(&r, a, 2, vec![set(&r, "v", "two")], None),
+            item(&r, a, 2, vec![set(&r, "v", "dup")], None),
+            item(&r, a, 4, vec![set(&r, "v", "gap")], None),
+        ],
+    )
+    .await
+    .expect("apply");
+    assert_eq!(
+        outcomes,
+        vec![
+            ApplyOutcome::Applied,
+            ApplyOutcome::Applied,
+            ApplyOutcome::Duplicate { current: 2 },
+            ApplyOutcome::Gap { current: 2 }
+        ]
+    );
+    assert_eq!(
+        get(&r, &format!("{}v", r.prefix)).await.as_deref(),
+        Some("two")
+    );
+    let v = streams::apply::applied_version(&mut *c, &format!("{}versions", r.prefix), a)
+        .await
+        .expect("version");
+    assert_eq!(v, 2);
+}
+
+#[tokio::test]
+async fn a_refused_change_writes_nothing_at_all() {
+    let r = TestRedis::new().await;
+    let a = Uuid::now_v7();
+    let mut c = r.pools.commands.get().await.expect("conn");
+    let hash = format!("{}h", r.prefix);
+    let _: () = redis::cmd("SET")
+        .arg(&hash)
+        .arg("not a hash")
+        .query_async(&mut *c)
+        .await
+        .expect("set");
+    // The first op would succeed, the second hits a key of the wrong type: neither may land.
+    let ops = vec![
+        set(&r, "first", "x"),
+        Op::HIncrBy {
+            key: hash,
+            field: "f".into(),
+            delta: 1,
+        },
+    ];
+    let out = apply_batch(&mut *c, &[item(&r, a, 1, ops, None)])
+        .await
+        .expect("apply");
+    assert!(
+        matches!(&out[0], ApplyOutcome::Rejected(m) if m.contains("WRONGTYPE")),
+        "{out:?}"
+    );
+    assert_eq!(get(&r, &format!("{}first", r.prefix)).await, None);
+    let v = streams::apply::applied_version(&mut *c, &format!("{}versions", r.prefix), a)
+        .await
+        .expect("version");
+    assert_eq!(v, 0, "the version does not move either");
+    let bad = item(
+        &r,
+        a,
+        1,
+        vec![Op::ZAdd {
+            key: format!("{}z", r.prefix),
+            score: f64::NAN,
+            member: "m".into(),
+        }],
+        None,
+    );
+    let out = apply_batch(&mut *c, &[bad]).await.expect("apply");
+    assert!(matches!(&out[0], ApplyOutcome::Rejected(_)));
+}
+
+#[tokio::test]
+async fn the_script_acknowledges_applied_and_duplicate_entries_but_not_gaps() {
+    let r = TestRedis::new().await;
+    let stream = format!("{}s", r.prefix);
+    let mut c = r.pools.commands.get().await.expect("conn");
+    consumer::ensure_group(&mut *c, &stream, "g")
+        .await
+        .expect("group");
+    assert!(
+        !consumer::ensure_group(&mut *c, &stream, "g")
+            .await
+            .expect("again"),
+        "idempotent"
+    );
+    let entries: Vec<_> = ["1", "2", "3"]
+        .iter()
+        .map(|n| StreamEntry {
+            stream: &stream,
+            event_id: n,
+            event_type: "t",
+            envelope: "{}",
+        })
+        .collect();
+    publisher::publish(&mut *c, &entries)
+        .await
+        .expect("publish");
+    let got = consumer::read_group(
+        &mut *c,
+        "g",
+        "me",
+        std::slice::from_ref(&stream),
+        ReadFrom::New,
+        10,
+        None,
+    )
+    .await
+    .expect("read");
+    assert_eq!(got.len(), 3);
+    assert_eq!(got[0].envelope.as_deref(), Some(&b"{}"[..]));
+    let a = Uuid::now_v7();
+    let ack = |i: usize| Some((stream.clone(), "g".to_owned(), got[i].entry_id.clone()));
+    let out = apply_batch(
+        &mut *c,
+        &[
+            item(&r, a, 1, vec![], ack(0)),
+            item(&r, a, 1, vec![], ack(1)),
+            item(&r, a, 3, vec![], ack(2)),
+        ],
+    )
+    .await
+    .expect("apply");
+    assert_eq!(out[0], ApplyOutcome::Applied);
+    assert_eq!(out[1], ApplyOutcome::Duplicate { current: 1 });
+    assert_eq!(out[2], ApplyOutcome::Gap { current: 1 });
+    let pending = consumer::read_group(
+        &mut *c,
+        "g",
+        "me",
+        std::slice::from_ref(&stream),
+        ReadFrom::Pending,
+        10,
+        None,
+    )
+    .await
+    .expect("pending");
+    let ids: Vec<_> = pending.iter().map(|d| d.entry_id.clone()).collect();
+    assert_eq!(
+        ids,
+        vec![got[2].entry_id.clone()],
+        "only the gap stays pending"
+    );
+}
+
+#[tokio::test]
+async fn the_script_is_reloaded_after_a_script_flush() {
+    let r = TestRedis::new().await;
+    let mut c = r.pools.commands.get().await.expect("conn");
+    // SCRIPT FLUSH affects only the script cache, not other tests' keys.
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut *c)
+        .await
+        .expect("flush");
+    let out = apply_batch(
+        &mut *c,
+        &[item(&r, Uuid::now_v7(), 1, vec![set(&r, "k", "v")], None)],
+    )
+    .await
+    .expect("apply");
+    assert_eq!(out, vec![ApplyOutcome::Applied]);
+}
+
+#[tokio::test]
+async fn a_missing_group_is_reported_as_nogroup() {
+    let r = TestRedis::new().await;
+    let mut c = r.pools.commands.get().await.expect("conn");
+    let err = consumer::read_group(
+        &mut *c,
+        "g",
+        "me",
+        &[format!("{}nothing", r.prefix)],
+        ReadFrom::New,
+        1,
+        None,
+    )
+    .await
+    .expect_err("no group");
+    assert!(matches!(err, streams::StreamError::NoGroup), "{err:?}");
+}
+
+#[tokio::test]
+async fn an_unreachable_redis_is_unavailable_not_a_bug() {
+    let settings = streams::RedisSettings::new(
+        format!("redis://127.0.0.1:{}", test_kit::process::free_port()),
+        "x:",
+    );
+    let pools = streams::RedisPools::connect(&settings).expect("pools");
+    let err = pools.ping().await.expect_err("nothing listens there");
+    assert!(err.is_unavailable(), "{err:?}");
+}

@@ -1,0 +1,117 @@
+//! A TCP proxy a test can cut: how tests take PostgreSQL or Redis "down" for one service
+//! without stopping the server that parallel tests share.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use tokio::io::copy_bidirectional;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+/// A running proxy to `target`.
+pub struct TcpProxy {
+    /// Port it listens on (127.0.0.1).
+    pub port: u16,
+    up: Arc<AtomicBool>,
+    generation: watch::Sender<u64>,
+    counter: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TcpProxy {
+    /// Starts proxying 127.0.0.1:<port> → `target` (`host:port`).
+    ///
+    /// # Panics
+    /// When it cannot bind.
+    pub async fn start(target: &str) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let port = listener.local_addr().expect("addr").port();
+        let up = Arc::new(AtomicBool::new(true));
+        let (generation, _) = watch::channel(0u64);
+        let counter = Arc::new(AtomicU64::new(0));
+        let target = target.to_owned();
+        let task = {
+            let up = up.clone();
+            let generation = generation.clone();
+            tokio::spawn(async move {
+                while let Ok((mut inbound, _)) = listener.accept().await {
+                    if !up.load(Ordering::SeqCst) {
+                        drop(inbound);
+                        continue;
+                    }
+                    let target = target.clone();
+                    let mut cut = generation.subscribe();
+                    tokio::spawn(async move {
+                        let Ok(mut outbound) = TcpStream::connect(&target).await else {
+                            return;
+                        };
+                        tokio::select! {
+                            _ = copy_bidirectional(&mut inbound, &mut outbound) => {}
+                            _ = cut.changed() => {}
+                        }
+                    });
+                }
+            })
+        };
+        Self {
+            port,
+            up,
+            generation,
+            counter,
+            task,
+        }
+    }
+
+    /// A proxy to the test PostgreSQL server.
+    pub async fn postgres() -> Self {
+        Self::start(&host_port(&crate::database_url(), "127.0.0.1:5432")).await
+    }
+
+    /// A proxy to the test Redis server.
+    pub async fn redis() -> Self {
+        Self::start(&host_port(&crate::redis_url(), "127.0.0.1:6379")).await
+    }
+
+    /// Cuts every open connection and refuses new ones.
+    pub fn down(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        let n = self.counter.fetch_add(1, Ordering::SeqCst) + 1;
+        let _ = self.generation.send(n);
+    }
+
+    /// Accepts connections again.
+    pub fn up(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+
+    /// `postgres://…` URL through the proxy, for the test database.
+    #[must_use]
+    pub fn postgres_url(&self) -> String {
+        let base = crate::database_url();
+        let db = base.rsplit('/').next().unwrap_or("test");
+        format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+    }
+
+    /// `redis://…` URL through the proxy.
+    #[must_use]
+    pub fn redis_url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for TcpProxy {
+    fn drop(&mut self) {
+        self.down();
+        self.task.abort();
+    }
+}
+
+/// The `host:port` of a `scheme://[user@]host:port[/path]` URL.
+fn host_port(url: &str, default: &str) -> String {
+    url.split_once("://")
+        .map(|(_, rest)| rest)
+        .and_then(|rest| rest.split('/').next())
+        .map(|auth| auth.rsplit('@').next().unwrap_or(auth).to_owned())
+        .filter(|hp| hp.contains(':'))
+        .unwrap_or_else(|| default.to_owned())
+}
