@@ -163,13 +163,12 @@ async fn get_task(
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_uuid(&id, "id")?;
     let freshness = wait.settle(&pools, queries.generation()).await?;
-    // Another user's task answers exactly like a missing one.
-    let task = queries
-        .get(id)
-        .await?
-        .filter(|t| t.user_id == user.0)
-        .ok_or(ApiError::NotFound)?;
-    let mut response = HttpResponse::Ok().json(task);
+    // Another user's task answers exactly like a missing one. A 404 after a stale wait still
+    // says `X-Consistency: stale`: "not visible yet" must not read as "gone".
+    let mut response = match queries.get(id).await?.filter(|t| t.user_id == user.0) {
+        Some(task) => HttpResponse::Ok().json(task),
+        None => actix_web::ResponseError::error_response(&ApiError::NotFound),
+    };
     mark(&mut response, freshness);
     Ok(response)
 }

@@ -10,7 +10,7 @@ use tokio::process::{Child, Command};
 /// executable's `deps/` (where cargo puts binaries of the same profile).
 ///
 /// # Panics
-/// When neither exists.
+/// When the test executable has no such parent directory.
 #[must_use]
 pub fn bin_dir() -> PathBuf {
     if let Ok(dir) = std::env::var("CQRS_BIN_DIR") {
@@ -21,7 +21,8 @@ pub fn bin_dir() -> PathBuf {
     deps.parent().expect("profile dir").to_path_buf()
 }
 
-/// The path of binary `name`.
+/// The path of workspace binary `name`. Package tests should prefer cargo's
+/// `env!("CARGO_BIN_EXE_<name>")`, which cargo guarantees is built.
 ///
 /// # Panics
 /// When it was not built, saying how to build it.
@@ -59,29 +60,34 @@ pub struct Service {
     pub child: Child,
     /// Where its output goes.
     pub log: PathBuf,
+    path: PathBuf,
     env: Vec<(String, String)>,
-    args: Vec<String>,
 }
 
 impl Service {
-    /// Starts `name` with `env` (plus `HTTP_ADDR` on a free port and pretty logs into a file
-    /// under `log_dir`), without waiting for it to be ready.
+    /// Starts the binary at `path` with `env` (plus `HTTP_ADDR` on a free port, and pretty logs
+    /// into a file under `log_dir`), without waiting for it to be ready.
     ///
     /// # Panics
     /// When the process cannot be started.
-    pub fn spawn(name: &str, env: &[(String, String)], log_dir: &Path) -> Self {
+    pub fn spawn(path: &Path, env: &[(String, String)], log_dir: &Path) -> Self {
         let port = free_port();
         let mut env: Vec<(String, String)> = env.to_vec();
         env.push(("HTTP_ADDR".into(), format!("127.0.0.1:{port}")));
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("service")
+            .to_owned();
         let log = log_dir.join(format!("{name}-{port}.log"));
-        let child = start(name, &env, &[], &log);
+        let child = start(path, &env, &log);
         Self {
-            name: name.into(),
+            name,
             port,
             child,
             log,
+            path: path.to_path_buf(),
             env,
-            args: vec![],
         }
     }
 
@@ -131,16 +137,23 @@ impl Service {
     /// Sends SIGTERM and waits for the exit status.
     ///
     /// # Panics
-    /// When the process cannot be signalled or waited for.
+    /// When the process does not exit within `timeout`.
     pub async fn terminate(&mut self, timeout: Duration) -> std::process::ExitStatus {
-        let pid = self.child.id().expect("running");
-        let _ = std::process::Command::new("kill")
-            .arg("-TERM")
-            .arg(pid.to_string())
-            .status();
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill")
+                .arg("-TERM")
+                .arg(pid.to_string())
+                .status();
+        }
         tokio::time::timeout(timeout, self.child.wait())
             .await
-            .expect("exit in time")
+            .unwrap_or_else(|_| {
+                panic!(
+                    "{} did not exit within {timeout:?}:\n{}",
+                    self.name,
+                    self.log_text()
+                )
+            })
             .expect("wait")
     }
 
@@ -151,40 +164,44 @@ impl Service {
 
     /// Starts the same binary again on the same port and settings.
     pub fn restart(&mut self) {
-        self.child = start(&self.name, &self.env, &self.args, &self.log);
+        self.child = start(&self.path, &self.env, &self.log);
     }
 }
 
-fn start(name: &str, env: &[(String, String)], args: &[String], log: &Path) -> Child {
+fn command(path: &Path, env: &[(String, String)]) -> Command {
+    let mut cmd = Command::new(path);
+    // A clean environment: the developer's shell settings must not leak into a test.
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .env("LOG_FORMAT", "pretty")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    cmd
+}
+
+fn start(path: &Path, env: &[(String, String)], log: &Path) -> Child {
     let out = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)
         .expect("log file");
     let err = out.try_clone().expect("log file");
-    Command::new(binary(name))
-        .args(args)
-        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .env("LOG_FORMAT", "pretty")
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
+    command(path, env)
         .stdout(Stdio::from(out))
         .stderr(Stdio::from(err))
-        .kill_on_drop(true)
         .spawn()
         .expect("spawn service")
 }
 
-/// Runs `name args…` to completion and returns (exit code, stdout, stderr).
+/// Runs `path args…` to completion and returns (exit code, stdout, stderr).
 ///
 /// # Panics
 /// When the binary cannot be run.
-pub async fn run(name: &str, args: &[&str], env: &[(String, String)]) -> (i32, String, String) {
-    let out = Command::new(binary(name))
+pub async fn run(path: &Path, args: &[&str], env: &[(String, String)]) -> (i32, String, String) {
+    let out = command(path, env)
         .args(args)
-        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .env("LOG_FORMAT", "pretty")
-        .env("NO_COLOR", "1")
         .output()
         .await
         .expect("run binary");
