@@ -49,7 +49,7 @@ impl PgSettings {
             .parse()
             .map_err(|e| OutboxError::Config(format!("DATABASE_URL does not parse: {e}")))?;
         cfg.options(format!("-c search_path={}", self.schema))
-            .application_name(&format!("{}@{}", self.application_name, self.schema))
+            .application_name(format!("{}@{}", self.application_name, self.schema))
             .connect_timeout(self.connect_timeout)
             .keepalives(true)
             .keepalives_idle(Duration::from_secs(10));

@@ -125,7 +125,7 @@ impl Projector {
 
     /// The projection's name.
     #[must_use]
-    pub fn name(&self) -> &'static str {
+    pub fn projection_name(&self) -> &'static str {
         self.projection.module().projection
     }
 
@@ -221,7 +221,7 @@ impl Projector {
     /// [`StreamError`] when Redis fails; the version guard makes a redelivery safe.
     pub async fn process(&self, deliveries: Vec<Delivery>) -> Result<BatchReport, StreamError> {
         let started = Instant::now();
-        let name = self.name();
+        let name = self.projection_name();
         let mut report = BatchReport {
             delivered: deliveries.len(),
             ..BatchReport::default()
@@ -414,7 +414,7 @@ impl Projector {
                 .find(|g| g.name == self.group)
                 .ok_or(StreamError::NoGroup)?;
             let l = g.lag.unwrap_or(0);
-            metrics::gauge!(m::CONSUMER_LAG_MESSAGES, "projection" => self.name(), "stream" => stream.clone())
+            metrics::gauge!(m::CONSUMER_LAG_MESSAGES, "projection" => self.projection_name(), "stream" => stream.clone())
                 .set(l as f64);
             lag += l;
             pending += g.pending;
@@ -426,7 +426,7 @@ impl Projector {
     /// failure and recovery logged); a lost group is recreated. On shutdown the batch in hand
     /// is finished and acknowledged before returning.
     pub async fn run(&self, shutdown: CancellationToken) {
-        let name = self.name();
+        let name = self.projection_name();
         let mut outage = Outage::new("redis", "projector");
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         let mut groups_ready = false;

@@ -72,12 +72,6 @@ async fn spawn_app() -> TestApp {
     }
 }
 
-/// A user's tasks as the command side would have them, with the envelopes it would emit.
-#[derive(Default)]
-struct History {
-    tasks: Vec<Task>,
-}
-
 impl TestApp {
     fn ctx(&mut self, user: Uuid) -> EventContext {
         self.clock += 1;

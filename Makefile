@@ -1,0 +1,36 @@
+# The two commands a newcomer needs: `make run` and `make test`.
+.PHONY: run test build migrate fmt lint bench help
+
+help:
+	@echo "make run      run the whole pipeline locally (PostgreSQL + Redis + five services)"
+	@echo "make test     build and run the whole test suite"
+	@echo "make migrate  apply migrations to DATABASE_URL / DATABASE_SCHEMA"
+	@echo "make fmt      format the code"
+	@echo "make lint     rustfmt check + clippy with warnings as errors"
+
+run:
+	scripts/run-local.sh
+
+# The pipeline tests start the built binaries, so they are built first. nextest runs every
+# test in its own process (and in parallel); plain `cargo test` is the fallback.
+test:
+	scripts/ensure-services.sh
+	cargo build --workspace --bins
+	@if cargo nextest --version >/dev/null 2>&1; then \
+		cargo nextest run --workspace --no-fail-fast; \
+	else \
+		cargo test --workspace --no-fail-fast; \
+	fi
+
+build:
+	cargo build --workspace --bins
+
+migrate:
+	cargo run -q -p admin-api -- migrate
+
+fmt:
+	cargo fmt --all
+
+lint:
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets -- -D warnings
