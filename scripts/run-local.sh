@@ -31,8 +31,11 @@ stop() {
 trap stop INT TERM EXIT
 
 for svc in command-api query-api admin-api outbox-relay projector-worker; do
-  # Each line is prefixed with the service name so the interleaved logs stay readable.
-  ( "$BIN/$svc" 2>&1 | sed -u "s/^/[$svc] /" ) &
+  # Each line is prefixed with the service name so the interleaved logs stay readable. The
+  # binary itself is the background job, so the trap below signals it (not a pipe stage).
+  # The prefixer ignores Ctrl-C so that it prints the service's shutdown lines, then ends
+  # when the service closes its output.
+  "$BIN/$svc" > >(trap '' INT TERM; exec sed -u "s/^/[$svc] /") 2>&1 &
   pids+=($!)
 done
 
@@ -49,7 +52,7 @@ cat <<MSG
 
 ==> the pipeline is running. Try it:
 
-    TOKEN=\$($BIN/command-api token --user $user)
+    TOKEN=\$(JWT_SECRET='$JWT_SECRET' $BIN/command-api token --user $user)
     curl -s -X POST localhost:8080/v1/tasks -H "authorization: Bearer \$TOKEN" \\
          -H 'content-type: application/json' \\
          -d '{"title": "Read chapter 3", "type": "learning", "estimated_minutes": 45}'
