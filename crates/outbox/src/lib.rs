@@ -15,6 +15,7 @@
 pub mod append;
 pub mod error;
 pub mod idempotency;
+pub mod lease;
 pub mod listener;
 pub mod migrate;
 pub mod pool;

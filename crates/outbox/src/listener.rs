@@ -6,13 +6,13 @@
 //! sent while disconnected are lost.
 
 use futures::StreamExt as _;
-use tokio::sync::Notify;
+use tokio::sync::mpsc::UnboundedSender;
 use tokio::task::JoinHandle;
 use tokio_postgres::{AsyncMessage, NoTls};
 
 use crate::{OutboxError, PgSettings, notify_channel};
 
-/// A live LISTEN session; notifications wake `notify`.
+/// A live LISTEN session; each notification's payload is sent to the given channel.
 #[derive(Debug)]
 pub struct Listener {
     driver: JoinHandle<()>,
@@ -20,23 +20,27 @@ pub struct Listener {
 }
 
 impl Listener {
-    /// Connects, subscribes to the schema's outbox channel and starts forwarding
-    /// notifications to `notify`. Once subscribed it wakes `notify` once, so the caller checks
-    /// for work that was committed before the subscription existed.
+    /// Connects, subscribes to the schema's outbox channel and starts forwarding notification
+    /// payloads (the partitions the committing transaction wrote, comma-separated) to
+    /// `payloads`. When this returns the subscription exists: the caller should then look for
+    /// work committed before it ("subscribe before you check").
     ///
     /// # Errors
     /// [`OutboxError`] when the connection or `LISTEN` fails.
     pub async fn start(
         settings: &PgSettings,
-        notify: std::sync::Arc<Notify>,
+        payloads: UnboundedSender<String>,
     ) -> Result<Self, OutboxError> {
         let (client, mut connection) = settings.pg_config()?.connect(NoTls).await?;
-        let wake = notify.clone();
         let driver = tokio::spawn(async move {
             let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
             while let Some(message) = messages.next().await {
                 match message {
-                    Ok(AsyncMessage::Notification(_)) => wake.notify_one(),
+                    Ok(AsyncMessage::Notification(n)) => {
+                        if payloads.send(n.payload().to_owned()).is_err() {
+                            break;
+                        }
+                    }
                     Ok(_) => {}
                     Err(e) => {
                         tracing::debug!(error = %e, "LISTEN connection ended");
@@ -48,7 +52,6 @@ impl Listener {
         client
             .batch_execute(&format!("LISTEN \"{}\"", notify_channel(&settings.schema)))
             .await?;
-        notify.notify_one();
         Ok(Self {
             driver,
             _client: client,

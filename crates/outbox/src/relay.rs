@@ -36,6 +36,10 @@ pub enum PublishError<E: std::error::Error + 'static> {
     /// The publisher failed; the rows stay and nothing was deleted.
     #[error("publishing failed")]
     Publish(#[source] E),
+    /// This replica no longer holds the partition's lease (or has too little of it left to
+    /// finish a batch safely); nothing was read or published.
+    #[error("partition lease not held")]
+    LeaseLost,
 }
 
 /// Pending work, for metrics and the admin API.
@@ -68,6 +72,11 @@ impl OutboxStore {
 
     /// Publishes up to `limit` of the oldest rows of `partition` and deletes them.
     ///
+    /// With `lease = Some((holder, margin))` the transaction first locks the partition's lease
+    /// row and proceeds only if `holder` holds it for at least `margin` more; the lock is kept
+    /// until commit, so no other replica can take the lease over mid-batch (see
+    /// [`crate::lease`]). `None` is for single-relay set-ups and tests.
+    ///
     /// Runs in one transaction: select the rows in `seq` order, await `publish` on them, delete
     /// exactly those rows by `seq`, commit. Rows of a transaction that commits later with a
     /// lower `seq` are simply found by a later call: nothing is skipped, because nothing is
@@ -82,6 +91,7 @@ impl OutboxStore {
         &self,
         partition: i32,
         limit: i64,
+        lease: Option<(&str, std::time::Duration)>,
         publish: F,
     ) -> Result<usize, PublishError<E>>
     where
@@ -90,6 +100,22 @@ impl OutboxStore {
     {
         let mut client = self.pool.get().await.map_err(OutboxError::from)?;
         let tx = client.transaction().await.map_err(OutboxError::from)?;
+        if let Some((holder, margin)) = lease {
+            let margin_secs = margin.as_secs_f64();
+            let held = tx
+                .query_opt(
+                    "SELECT 1 FROM relay_leases
+                     WHERE partition = $1 AND holder = $2
+                       AND expires_at > clock_timestamp() + make_interval(secs => $3)
+                     FOR UPDATE",
+                    &[&partition, &holder, &margin_secs],
+                )
+                .await
+                .map_err(OutboxError::from)?;
+            if held.is_none() {
+                return Err(PublishError::LeaseLost);
+            }
+        }
         let rows = tx
             .query(
                 "SELECT seq, event_id, event_type, module, partition, envelope::text, created_at

@@ -1,6 +1,5 @@
 //! The PostgreSQL side against a real server: migrations, append, relay batches, LISTEN.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use events::{EventContext, EventEnvelope};
@@ -8,7 +7,6 @@ use outbox::listener::Listener;
 use outbox::relay::{OutboxStore, PublishError};
 use outbox::{OutboxError, append_events};
 use test_kit::TestDb;
-use tokio::sync::Notify;
 use uuid::Uuid;
 
 fn events_for(aggregate: Uuid, versions: std::ops::RangeInclusive<i64>) -> Vec<EventEnvelope> {
@@ -164,7 +162,7 @@ async fn relay_batches_delete_only_rows_whose_publish_succeeded() {
     let store = OutboxStore::new(db.pool.clone());
 
     let failed = store
-        .publish_batch(p, 3, async |_rows| {
+        .publish_batch(p, 3, None, async |_rows| {
             Err::<(), _>(std::io::Error::other("redis down"))
         })
         .await;
@@ -177,7 +175,7 @@ async fn relay_batches_delete_only_rows_whose_publish_succeeded() {
 
     let mut seen = vec![];
     let n = store
-        .publish_batch(p, 3, async |rows| {
+        .publish_batch(p, 3, None, async |rows| {
             seen.extend(rows.iter().map(|r| r.seq));
             Ok::<(), std::io::Error>(())
         })
@@ -191,7 +189,7 @@ async fn relay_batches_delete_only_rows_whose_publish_succeeded() {
     assert_eq!(count(&db, "outbox").await, 2);
     assert_eq!(count(&db, "event_store").await, 5, "history is kept");
     let empty = store
-        .publish_batch(p + 1, 3, async |_| Ok::<(), std::io::Error>(()))
+        .publish_batch(p + 1, 3, None, async |_| Ok::<(), std::io::Error>(()))
         .await
         .expect("other");
     assert_eq!(empty, 0, "other partitions are untouched");
@@ -212,7 +210,7 @@ async fn a_late_commit_with_a_lower_sequence_is_still_published() {
     append_with(&db, &events_for(late, 1..=1), 1).await;
     let mut published = vec![];
     store
-        .publish_batch(0, 100, async |rows| {
+        .publish_batch(0, 100, None, async |rows| {
             published.extend(rows.iter().map(|r| r.event_id));
             Ok::<(), std::io::Error>(())
         })
@@ -222,7 +220,7 @@ async fn a_late_commit_with_a_lower_sequence_is_still_published() {
     slow_tx.commit().await.expect("late commit");
     let mut later = vec![];
     store
-        .publish_batch(0, 100, async |rows| {
+        .publish_batch(0, 100, None, async |rows| {
             later.extend(rows.iter().map(|r| r.aggregate_id_of()));
             Ok::<(), std::io::Error>(())
         })
@@ -248,16 +246,10 @@ impl AggregateOf for outbox::relay::OutboxRow {
 }
 
 #[tokio::test]
-async fn listener_wakes_on_commit_and_not_on_rollback() {
+async fn listener_hears_commits_with_their_partitions_and_not_rollbacks() {
     let db = TestDb::new().await;
-    let wake = Arc::new(Notify::new());
-    let _listener = Listener::start(&db.settings, wake.clone())
-        .await
-        .expect("listen");
-    // The listener wakes once right after subscribing, for work committed before it existed.
-    tokio::time::timeout(Duration::from_secs(2), wake.notified())
-        .await
-        .expect("initial wake");
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let _listener = Listener::start(&db.settings, tx).await.expect("listen");
     {
         let mut c = db.pool.get().await.expect("client");
         let tx = c.transaction().await.expect("tx");
@@ -267,13 +259,20 @@ async fn listener_wakes_on_commit_and_not_on_rollback() {
         tx.rollback().await.expect("rollback");
     }
     assert!(
-        tokio::time::timeout(Duration::from_millis(300), wake.notified())
+        tokio::time::timeout(Duration::from_millis(300), rx.recv())
             .await
             .is_err(),
         "a rolled-back transaction must not wake the relay"
     );
-    append(&db, &events_for(Uuid::now_v7(), 1..=1)).await;
-    tokio::time::timeout(Duration::from_secs(2), wake.notified())
+    let id = Uuid::now_v7();
+    append(&db, &events_for(id, 1..=1)).await;
+    let payload = tokio::time::timeout(Duration::from_secs(2), rx.recv())
         .await
-        .expect("woken by commit");
+        .expect("woken by commit")
+        .expect("payload");
+    assert_eq!(
+        payload,
+        events::partition_for(id, 4).to_string(),
+        "the payload names the partition written"
+    );
 }

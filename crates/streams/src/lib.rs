@@ -11,6 +11,7 @@ pub mod error;
 pub mod keys;
 pub mod pool;
 pub mod publisher;
+pub mod retention;
 
 pub use apply::{ApplyItem, ApplyOutcome, Op, apply_batch};
 pub use error::StreamError;

@@ -51,6 +51,32 @@ pub struct Settings {
     /// Poll fallback when no NOTIFY arrives, milliseconds.
     #[arg(long, env = "RELAY_POLL_INTERVAL_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=60_000))]
     pub relay_poll_interval_ms: u64,
+    /// Partition lease lifetime, milliseconds: how long a dead replica's partitions wait
+    /// before others take them.
+    #[arg(long, env = "RELAY_LEASE_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(300..=600_000))]
+    pub relay_lease_ms: u64,
+    /// How often streams are trimmed below what every group acknowledged, milliseconds.
+    #[arg(long, env = "RELAY_TRIM_INTERVAL_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
+    pub relay_trim_interval_ms: u64,
+    /// This replica's lease holder id; default `<host>-<pid>-<random>`, unique per process.
+    #[arg(long, env = "RELAY_ID")]
+    pub relay_id: Option<String>,
+}
+
+fn default_holder() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default();
+    let host = if host.is_empty() {
+        "relay".to_owned()
+    } else {
+        host
+    };
+    format!(
+        "{host}-{}-{:04x}",
+        std::process::id(),
+        rand::random::<u16>()
+    )
 }
 
 /// A built relay.
@@ -79,8 +105,11 @@ impl Application {
             redis.clone(),
             settings.streams.stream_partitions,
             RelaySettings {
+                holder: settings.relay_id.clone().unwrap_or_else(default_holder),
                 batch_size: settings.relay_batch_size,
                 poll_interval: Duration::from_millis(settings.relay_poll_interval_ms),
+                lease_ttl: Duration::from_millis(settings.relay_lease_ms),
+                trim_interval: Duration::from_millis(settings.relay_trim_interval_ms),
             },
         );
         let health = Health::new("outbox-relay")

@@ -1,14 +1,25 @@
-//! The relay loop: publish each partition's outbox rows to its stream, in sequence order, and
+//! The relay: publish each held partition's outbox rows to its streams, in sequence order, and
 //! delete exactly what Redis accepted.
 //!
-//! Guarantee: at-least-once, in per-aggregate order. Rows are deleted in the same transaction
-//! that read them, after the XADD pipeline succeeded; a crash in between leaves the rows, which
-//! are published again (same `event_id`), and consumers dedupe by aggregate version.
+//! # Guarantees
+//! - **At least once.** Rows are deleted in the transaction that read them, after the XADD
+//!   pipeline succeeded. A crash between XADD and commit leaves the rows, which are published
+//!   again with the same `event_id`; consumers dedupe on `(aggregate_id, aggregate_version)`.
+//! - **Per-aggregate order, whatever the number of replicas.** An aggregate lives in one
+//!   partition; a partition is published only under its lease, inside a transaction that holds
+//!   the lease row locked (see `outbox::lease`), so batches of one partition never overlap and
+//!   a new holder continues exactly where the old one stopped.
+//! - **Gap safety.** Nothing is remembered between batches but the table: a transaction that
+//!   commits late with a lower sequence is simply read by the next batch.
+//! - **Bounded storage.** Published rows are deleted; streams are trimmed only below what every
+//!   consumer group has acknowledged (`streams::retention`); `event_store` keeps history.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use events::StreamRouting;
+use outbox::lease::LeaseStore;
 use outbox::listener::Listener;
 use outbox::relay::{OutboxRow, OutboxStore, PublishError};
 use outbox::{OutboxError, PgSettings};
@@ -16,11 +27,12 @@ use resilience::{Backoff, Outage};
 use streams::publisher::{self, StreamEntry};
 use streams::{RedisPools, StreamError};
 use tokio::sync::Notify;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics as m;
 
-/// Why a relay round failed.
+/// Why a relay step failed.
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
     /// PostgreSQL failed.
@@ -29,6 +41,9 @@ pub enum RelayError {
     /// Redis failed.
     #[error("stream publish failed")]
     Streams(#[from] StreamError),
+    /// The partition's lease is not (or no longer) held by this replica.
+    #[error("partition lease not held")]
+    LeaseLost,
 }
 
 impl From<PublishError<StreamError>> for RelayError {
@@ -36,34 +51,76 @@ impl From<PublishError<StreamError>> for RelayError {
         match e {
             PublishError::Outbox(e) => Self::Outbox(e),
             PublishError::Publish(e) => Self::Streams(e),
+            PublishError::LeaseLost => Self::LeaseLost,
         }
     }
 }
 
-/// Tuning of the relay loop.
+/// Tuning of the relay.
 #[derive(Debug, Clone)]
 pub struct RelaySettings {
+    /// This replica's lease holder id (unique per process).
+    pub holder: String,
     /// Rows per batch (one transaction, one XADD pipeline).
     pub batch_size: i64,
     /// Poll when no notification arrives for this long.
     pub poll_interval: Duration,
+    /// Lease lifetime; renewed every third of it.
+    pub lease_ttl: Duration,
+    /// How often held partitions' streams are trimmed.
+    pub trim_interval: Duration,
 }
 
 /// Publishes the outbox.
 #[derive(Clone)]
 pub struct Relay {
     store: OutboxStore,
+    leases: LeaseStore,
     redis: RedisPools,
     routing: StreamRouting,
     settings: RelaySettings,
+    outages: Arc<Outages>,
+}
+
+/// Outage trackers shared by every partition worker, so one outage logs once.
+struct Outages {
+    postgres: Mutex<Outage>,
+    redis: Mutex<Outage>,
+}
+
+impl Outages {
+    fn failed(&self, e: &RelayError) {
+        let (tracker, err): (&Mutex<Outage>, &dyn std::error::Error) = match e {
+            RelayError::Outbox(inner) => (&self.postgres, inner),
+            RelayError::Streams(inner) => (&self.redis, inner),
+            RelayError::LeaseLost => return,
+        };
+        if let Ok(mut t) = tracker.lock() {
+            t.failed(err);
+        }
+    }
+
+    fn succeeded(&self) {
+        for t in [&self.postgres, &self.redis] {
+            if let Ok(mut t) = t.lock() {
+                t.succeeded();
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Relay {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Relay")
+            .field("holder", &self.settings.holder)
             .field("routing", &self.routing)
             .finish_non_exhaustive()
     }
+}
+
+/// Modules whose streams each partition feeds.
+fn modules() -> impl Iterator<Item = &'static str> {
+    events::catalogue::MODULES.iter().map(|m| m.name)
 }
 
 impl Relay {
@@ -76,66 +133,132 @@ impl Relay {
         settings: RelaySettings,
     ) -> Self {
         let routing = redis.keys.routing(partitions);
+        let leases = LeaseStore::new(
+            pool.clone(),
+            settings.holder.clone(),
+            partitions,
+            settings.lease_ttl,
+        );
         Self {
             store: OutboxStore::new(pool),
+            leases,
             redis,
             routing,
             settings,
+            outages: Arc::new(Outages {
+                postgres: Mutex::new(Outage::new("postgres", "relay")),
+                redis: Mutex::new(Outage::new("redis", "relay")),
+            }),
         }
     }
 
-    /// Publishes one batch of `partition`. Returns how many rows went out.
+    /// The lease bookkeeping (tests tick it by hand).
+    #[must_use]
+    pub fn leases(&self) -> &LeaseStore {
+        &self.leases
+    }
+
+    /// A batch must finish well inside the lease: it needs this much lease left to start...
+    fn lease_margin(&self) -> Duration {
+        self.settings.lease_ttl / 3
+    }
+
+    /// ...and its XADD pipeline gets half of that, so a stalled Redis cannot stretch a batch
+    /// past the lease.
+    fn publish_timeout(&self) -> Duration {
+        self.lease_margin() / 2
+    }
+
+    /// Publishes one batch of `partition` under this replica's lease. Returns how many rows
+    /// went out.
     ///
     /// # Errors
-    /// [`RelayError`] when PostgreSQL or Redis fails; rows not confirmed stay queued.
+    /// [`RelayError::LeaseLost`] when the lease is not held; PostgreSQL or Redis failures
+    /// otherwise. Rows not confirmed stay queued.
     pub async fn publish_partition(&self, partition: u32) -> Result<usize, RelayError> {
         let p = i32::try_from(partition).unwrap_or(i32::MAX);
+        let lease = Some((self.settings.holder.as_str(), self.lease_margin()));
         let n = self
             .store
-            .publish_batch(p, self.settings.batch_size, async |rows: &[OutboxRow]| {
-                let streams: Vec<String> = rows.iter().map(|r| self.routing.stream(&r.module, partition)).collect();
-                let ids: Vec<String> = rows.iter().map(|r| r.event_id.to_string()).collect();
-                let entries: Vec<StreamEntry<'_>> = rows
-                    .iter()
-                    .zip(&streams)
-                    .zip(&ids)
-                    .map(|((r, stream), id)| StreamEntry {
-                        stream,
-                        event_id: id,
-                        event_type: &r.event_type,
-                        envelope: &r.envelope,
-                    })
-                    .collect();
-                let mut conn = self.redis.commands.get().await?;
-                publisher::publish(&mut conn, &entries).await?;
-                let now = time::OffsetDateTime::now_utc();
-                for r in rows {
-                    metrics::counter!(m::EVENTS_PUBLISHED_TOTAL, "event_type" => r.event_type.clone()).increment(1);
-                    metrics::histogram!(m::PUBLISH_LAG_SECONDS).record((now - r.created_at).as_seconds_f64().max(0.0));
-                }
-                Ok::<(), StreamError>(())
-            })
+            .publish_batch(
+                p,
+                self.settings.batch_size,
+                lease,
+                async |rows: &[OutboxRow]| match tokio::time::timeout(
+                    self.publish_timeout(),
+                    self.xadd(partition, rows),
+                )
+                .await
+                {
+                    Ok(result) => result,
+                    Err(_) => Err(StreamError::Unavailable("XADD pipeline timed out".into())),
+                },
+            )
             .await?;
         Ok(n)
     }
 
-    /// One pass over every partition, each drained until a batch comes back short. Returns
-    /// how many rows went out.
+    async fn xadd(&self, partition: u32, rows: &[OutboxRow]) -> Result<(), StreamError> {
+        let streams: Vec<String> = rows
+            .iter()
+            .map(|r| self.routing.stream(&r.module, partition))
+            .collect();
+        let ids: Vec<String> = rows.iter().map(|r| r.event_id.to_string()).collect();
+        let entries: Vec<StreamEntry<'_>> = rows
+            .iter()
+            .zip(&streams)
+            .zip(&ids)
+            .map(|((r, stream), id)| StreamEntry {
+                stream,
+                event_id: id,
+                event_type: &r.event_type,
+                envelope: &r.envelope,
+            })
+            .collect();
+        let mut conn = self.redis.commands.get().await?;
+        publisher::publish(&mut conn, &entries).await?;
+        let now = time::OffsetDateTime::now_utc();
+        for r in rows {
+            metrics::counter!(m::EVENTS_PUBLISHED_TOTAL, "event_type" => r.event_type.clone())
+                .increment(1);
+            metrics::histogram!(m::PUBLISH_LAG_SECONDS)
+                .record((now - r.created_at).as_seconds_f64().max(0.0));
+        }
+        Ok(())
+    }
+
+    /// Publishes `partition` until a batch comes back short. Returns how many rows went out.
     ///
     /// # Errors
-    /// The first failure; partitions before it were published.
-    pub async fn relay_once(&self) -> Result<usize, RelayError> {
+    /// As [`Relay::publish_partition`].
+    pub async fn drain_partition(&self, partition: u32) -> Result<usize, RelayError> {
         let mut total = 0;
-        for p in 0..self.routing.partitions() {
-            loop {
-                let n = self.publish_partition(p).await?;
-                total += n;
-                if (n as i64) < self.settings.batch_size {
-                    break;
-                }
+        loop {
+            let n = self.publish_partition(partition).await?;
+            total += n;
+            if (n as i64) < self.settings.batch_size {
+                return Ok(total);
             }
         }
-        Ok(total)
+    }
+
+    /// Trims the streams of `partition` below what every group acknowledged; records stream
+    /// lengths. Returns the entries removed.
+    ///
+    /// # Errors
+    /// [`StreamError`] when Redis fails.
+    pub async fn trim_partition(&self, partition: u32) -> Result<u64, StreamError> {
+        let mut conn = self.redis.commands.get().await?;
+        let mut removed = 0;
+        for module in modules() {
+            let stream = self.routing.stream(module, partition);
+            let t = streams::retention::trim_acknowledged(&mut conn, &stream).await?;
+            removed += t.removed;
+            metrics::counter!(m::STREAM_TRIMMED_TOTAL, "module" => module).increment(t.removed);
+            let len = streams::retention::length(&mut conn, &stream).await?;
+            metrics::gauge!(m::STREAM_LENGTH, "module" => module, "partition" => partition.to_string()).set(len as f64);
+        }
+        Ok(removed)
     }
 
     /// Updates the pending-count and oldest-age gauges.
@@ -149,77 +272,203 @@ impl Relay {
         Ok(())
     }
 
-    /// Runs until `shutdown`: wakes on NOTIFY (a dedicated connection from `pg`) or every poll
-    /// interval, publishes everything pending, backs off while a dependency is down. A round in
-    /// progress finishes before the loop exits.
+    /// Runs until `shutdown`. A lease manager ticks every third of the lease time and keeps one
+    /// worker per held partition; workers wake on NOTIFY (a dedicated connection from `pg`) or
+    /// every poll interval. On shutdown, workers finish their batch in hand, then the leases
+    /// are released so peers take over at once.
     pub async fn run(&self, pg: PgSettings, shutdown: CancellationToken) {
-        let wake = Arc::new(Notify::new());
-        let listener = tokio::spawn(listen(pg, wake.clone(), shutdown.clone()));
-        let mut pg_outage = Outage::new("postgres", "relay");
-        let mut redis_outage = Outage::new("redis", "relay");
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+        let wakers: Arc<Vec<Notify>> = Arc::new(
+            (0..self.routing.partitions())
+                .map(|_| Notify::new())
+                .collect(),
+        );
+        let listener = tokio::spawn(listen(pg, wakers.clone(), shutdown.clone()));
+        let mut workers: BTreeMap<u32, (CancellationToken, JoinHandle<()>)> = BTreeMap::new();
+        let mut lease_outage = Outage::new("postgres", "relay-leases");
+        let mut held: Vec<u32> = vec![];
+        let mut trim_due = Instant::now();
         let mut gauges_due = Instant::now();
-        tracing::info!(partitions = self.routing.partitions(), "relay started");
-        while !shutdown.is_cancelled() {
-            match self.relay_once().await {
-                Ok(n) => {
-                    pg_outage.succeeded();
-                    redis_outage.succeeded();
-                    backoff.reset();
-                    if Instant::now() >= gauges_due {
-                        gauges_due = Instant::now() + Duration::from_secs(5);
-                        if let Err(e) = self.observe_pending().await {
-                            pg_outage.failed(&e);
-                        }
+        let mut tick = tokio::time::interval(self.settings.lease_ttl / 3);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tracing::info!(holder = %self.settings.holder, partitions = self.routing.partitions(), "relay started");
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = shutdown.cancelled() => break,
+            }
+            match self.leases.tick().await {
+                Ok(state) => {
+                    lease_outage.succeeded();
+                    let now_held: Vec<u32> = state
+                        .held
+                        .iter()
+                        .filter_map(|p| u32::try_from(*p).ok())
+                        .collect();
+                    if now_held != held {
+                        tracing::info!(held = ?now_held, live_replicas = state.live_replicas, "partition leases changed");
+                        held = now_held;
                     }
-                    if n == 0 {
-                        tokio::select! {
-                            () = wake.notified() => {}
-                            () = tokio::time::sleep(self.settings.poll_interval) => {}
-                            () = shutdown.cancelled() => {}
-                        }
+                    metrics::gauge!(m::PARTITIONS_HELD).set(held.len() as f64);
+                }
+                // Workers keep going: every batch re-checks its lease in PostgreSQL anyway.
+                Err(e) => {
+                    lease_outage.failed(&e);
+                }
+            }
+            self.reconcile(&mut workers, &held, &wakers);
+            if Instant::now() >= trim_due {
+                trim_due = Instant::now() + self.settings.trim_interval;
+                for p in &held {
+                    if let Err(e) = self.trim_partition(*p).await {
+                        tracing::debug!(partition = p, error = %resilience::error_chain(&e), "trim failed; will retry");
                     }
                 }
+            }
+            if Instant::now() >= gauges_due {
+                gauges_due = Instant::now() + Duration::from_secs(5);
+                let _ = self.observe_pending().await;
+            }
+        }
+        for (token, _) in workers.values() {
+            token.cancel();
+        }
+        for (_, handle) in std::mem::take(&mut workers).into_values() {
+            let _ = handle.await;
+        }
+        listener.abort();
+        match self.leases.release_all().await {
+            Ok(()) => tracing::info!(released = ?held, "partition leases released"),
+            Err(e) => {
+                tracing::warn!(error = %resilience::error_chain(&e), "cannot release leases; they expire by themselves")
+            }
+        }
+        metrics::gauge!(m::PARTITIONS_HELD).set(0.0);
+        tracing::info!("relay stopped");
+    }
+
+    /// Starts a worker for every held partition without a running one; stops workers of
+    /// partitions no longer held.
+    fn reconcile(
+        &self,
+        workers: &mut BTreeMap<u32, (CancellationToken, JoinHandle<()>)>,
+        held: &[u32],
+        wakers: &Arc<Vec<Notify>>,
+    ) {
+        workers.retain(|p, (token, handle)| {
+            let keep = held.contains(p) && !handle.is_finished();
+            if !keep {
+                token.cancel();
+            }
+            keep
+        });
+        for p in held {
+            if !workers.contains_key(p) {
+                let token = CancellationToken::new();
+                let relay = self.clone();
+                let wakers = wakers.clone();
+                let child = token.clone();
+                let p = *p;
+                workers.insert(
+                    p,
+                    (
+                        token,
+                        tokio::spawn(async move { relay.partition_worker(p, wakers, child).await }),
+                    ),
+                );
+            }
+        }
+    }
+
+    async fn partition_worker(
+        &self,
+        partition: u32,
+        wakers: Arc<Vec<Notify>>,
+        stop: CancellationToken,
+    ) {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+        let Some(wake) = wakers.get(partition as usize) else {
+            return;
+        };
+        while !stop.is_cancelled() {
+            match self.drain_partition(partition).await {
+                Ok(_) => {
+                    self.outages.succeeded();
+                    backoff.reset();
+                    tokio::select! {
+                        () = wake.notified() => {}
+                        () = tokio::time::sleep(self.settings.poll_interval) => {}
+                        () = stop.cancelled() => {}
+                    }
+                }
+                // The lease moved (or is about to): the manager restarts this worker if it
+                // comes back.
+                Err(RelayError::LeaseLost) => return,
                 Err(e) => {
-                    match &e {
-                        RelayError::Outbox(inner) => pg_outage.failed(inner),
-                        RelayError::Streams(inner) => redis_outage.failed(inner),
-                    };
+                    self.outages.failed(&e);
                     tokio::select! {
                         () = tokio::time::sleep(backoff.next_delay_jittered()) => {}
-                        () = shutdown.cancelled() => {}
+                        () = stop.cancelled() => {}
                     }
                 }
             }
         }
-        listener.abort();
-        tracing::info!("relay stopped");
     }
 }
 
-/// Keeps a LISTEN session open, reconnecting with backoff; each notification wakes the loop.
-/// Failures here are logged at debug: the main loop reports PostgreSQL outages.
-async fn listen(pg: PgSettings, wake: Arc<Notify>, shutdown: CancellationToken) {
+/// Keeps a LISTEN session open, reconnecting with backoff. A notification's payload lists the
+/// partitions its transaction wrote; each is woken. Failures here are logged at debug: the
+/// workers report PostgreSQL outages.
+async fn listen(pg: PgSettings, wakers: Arc<Vec<Notify>>, shutdown: CancellationToken) {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+    let wake_all = |w: &Vec<Notify>| w.iter().for_each(Notify::notify_one);
     while !shutdown.is_cancelled() {
-        match Listener::start(&pg, wake.clone()).await {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+        match Listener::start(&pg, tx).await {
             Ok(mut l) => {
                 backoff.reset();
-                tokio::select! {
-                    () = l.closed() => tracing::debug!("LISTEN connection lost; reconnecting"),
-                    () = shutdown.cancelled() => return,
+                // Subscribed: look once for work committed before the subscription existed.
+                wake_all(&wakers);
+                loop {
+                    tokio::select! {
+                        payload = rx.recv() => match payload {
+                            Some(payload) => wake_partitions(&wakers, &payload),
+                            None => break,
+                        },
+                        () = l.closed() => {
+                            tracing::debug!("LISTEN connection lost; reconnecting");
+                            break;
+                        }
+                        () = shutdown.cancelled() => return,
+                    }
                 }
             }
             Err(e) => {
                 tracing::debug!(error = %resilience::error_chain(&e), "cannot LISTEN; retrying")
             }
         }
-        // Rows committed while the listener was down are found by the poll fallback; wake
+        // Rows committed while disconnected are found by the poll fallback; wake everyone
         // once anyway so a recovery is not delayed by a full poll interval.
-        wake.notify_one();
+        wake_all(&wakers);
         tokio::select! {
             () = tokio::time::sleep(backoff.next_delay_jittered()) => {}
             () = shutdown.cancelled() => return,
         }
+    }
+}
+
+fn wake_partitions(wakers: &[Notify], payload: &str) {
+    let mut any = false;
+    for p in payload
+        .split(',')
+        .filter_map(|p| p.trim().parse::<usize>().ok())
+    {
+        if let Some(w) = wakers.get(p) {
+            w.notify_one();
+            any = true;
+        }
+    }
+    if !any {
+        // An unparsable payload (an older writer): wake everyone rather than miss work.
+        wakers.iter().for_each(Notify::notify_one);
     }
 }

@@ -38,6 +38,9 @@ impl Fixture {
             http_addr: "127.0.0.1:0".parse().expect("addr"),
             relay_batch_size: 50,
             relay_poll_interval_ms: poll_ms,
+            relay_lease_ms: 1500,
+            relay_trim_interval_ms: 200,
+            relay_id: None,
         }
     }
 
