@@ -22,6 +22,10 @@ use deadpool_postgres::Pool;
 
 use crate::OutboxError;
 
+/// The NOTIFY payload (on the outbox channel) telling peers that leases were released, so
+/// they tick now instead of at their next interval.
+pub const REBALANCE: &str = "rebalance";
+
 /// Lease bookkeeping for one relay replica.
 #[derive(Debug, Clone)]
 pub struct LeaseStore {
@@ -152,8 +156,9 @@ impl LeaseStore {
         })
     }
 
-    /// Releases every lease of this replica and leaves the membership, so peers take over at
-    /// their next tick instead of waiting for expiry. Called on graceful shutdown.
+    /// Releases every lease of this replica, leaves the membership and notifies the peers
+    /// ([`REBALANCE`]), so they take over at once instead of waiting for expiry. Called on
+    /// graceful shutdown.
     ///
     /// # Errors
     /// [`OutboxError`] when PostgreSQL fails (the leases then expire by themselves).
@@ -163,9 +168,11 @@ impl LeaseStore {
             .execute(
                 "WITH released AS (
                      UPDATE relay_leases SET holder = NULL, expires_at = '-infinity' WHERE holder = $1
+                 ), departed AS (
+                     DELETE FROM relay_members WHERE holder = $1
                  )
-                 DELETE FROM relay_members WHERE holder = $1",
-                &[&self.holder],
+                 SELECT pg_notify('cqrs_outbox_' || current_schema(), $2)",
+                &[&self.holder, &REBALANCE],
             )
             .await?;
         Ok(())

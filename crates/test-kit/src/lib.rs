@@ -5,8 +5,10 @@
 #![warn(missing_docs)]
 #![allow(clippy::unwrap_used)]
 
+pub mod events_check;
 pub mod process;
 pub mod proxy;
+pub mod servers;
 
 use std::future::Future;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};

@@ -282,7 +282,13 @@ impl Relay {
                 .map(|_| Notify::new())
                 .collect(),
         );
-        let listener = tokio::spawn(listen(pg, wakers.clone(), shutdown.clone()));
+        let rebalance = Arc::new(Notify::new());
+        let listener = tokio::spawn(listen(
+            pg,
+            wakers.clone(),
+            rebalance.clone(),
+            shutdown.clone(),
+        ));
         let mut workers: BTreeMap<u32, (CancellationToken, JoinHandle<()>)> = BTreeMap::new();
         let mut lease_outage = Outage::new("postgres", "relay-leases");
         let mut held: Vec<u32> = vec![];
@@ -294,6 +300,8 @@ impl Relay {
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
+                // A peer released its leases: take our share now, not at the next tick.
+                () = rebalance.notified() => {}
                 () = shutdown.cancelled() => break,
             }
             match self.leases.tick().await {
@@ -418,7 +426,12 @@ impl Relay {
 /// Keeps a LISTEN session open, reconnecting with backoff. A notification's payload lists the
 /// partitions its transaction wrote; each is woken. Failures here are logged at debug: the
 /// workers report PostgreSQL outages.
-async fn listen(pg: PgSettings, wakers: Arc<Vec<Notify>>, shutdown: CancellationToken) {
+async fn listen(
+    pg: PgSettings,
+    wakers: Arc<Vec<Notify>>,
+    rebalance: Arc<Notify>,
+    shutdown: CancellationToken,
+) {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     let wake_all = |w: &Vec<Notify>| w.iter().for_each(Notify::notify_one);
     while !shutdown.is_cancelled() {
@@ -431,6 +444,7 @@ async fn listen(pg: PgSettings, wakers: Arc<Vec<Notify>>, shutdown: Cancellation
                 loop {
                     tokio::select! {
                         payload = rx.recv() => match payload {
+                            Some(payload) if payload == outbox::lease::REBALANCE => rebalance.notify_one(),
                             Some(payload) => wake_partitions(&wakers, &payload),
                             None => break,
                         },
