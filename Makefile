@@ -1,5 +1,5 @@
 # The two commands a newcomer needs: `make run` and `make test`.
-.PHONY: run test build migrate fmt lint bench help
+.PHONY: run test build migrate fmt lint bench chaos help
 
 help:
 	@echo "make run      run the whole pipeline locally (PostgreSQL + Redis + five services)"
@@ -7,6 +7,8 @@ help:
 	@echo "make migrate  apply migrations to DATABASE_URL / DATABASE_SCHEMA"
 	@echo "make fmt      format the code"
 	@echo "make lint     rustfmt check + clippy with warnings as errors"
+	@echo "make bench    throughput and latency next to this machine's limits (release build)"
+	@echo "make chaos    the long chaos profiles (relays killed at random under 50k events)"
 
 run:
 	scripts/run-local.sh
@@ -34,3 +36,14 @@ fmt:
 lint:
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
+
+# Benchmarks run in release mode against the local servers; figures go in BENCHMARKS.md.
+bench:
+	scripts/ensure-services.sh
+	cargo run --release -q -p bench --bin relay-bench
+
+# The chaos tests at full size (CI runs a short profile of the same tests).
+chaos:
+	scripts/ensure-services.sh
+	cargo build --workspace --bins
+	CHAOS_EVENTS=50000 cargo nextest run -p pipeline-tests --no-capture -E 'test(/random/)'

@@ -22,7 +22,9 @@ CREATE TABLE event_store (
 CREATE INDEX event_store_aggregate_type_position ON event_store (aggregate_type, position);
 
 -- Events committed but not yet published. A queue table: rows live for milliseconds, so
--- autovacuum is told to visit it by row count rather than by a fraction of its size.
+-- autovacuum is told to visit it by row count rather than by a fraction of its size, and not
+-- to truncate its (usually empty) tail: truncation takes an ACCESS EXCLUSIVE lock that stalls
+-- every writer and the relay for its duration.
 CREATE TABLE outbox (
     seq        bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     event_id   uuid        NOT NULL,
@@ -35,7 +37,8 @@ CREATE TABLE outbox (
 ) WITH (
     autovacuum_vacuum_scale_factor = 0.0,
     autovacuum_vacuum_threshold = 5000,
-    autovacuum_vacuum_cost_delay = 0
+    autovacuum_vacuum_cost_delay = 0,
+    vacuum_truncate = false
 );
 CREATE INDEX outbox_partition_seq ON outbox (partition, seq);
 

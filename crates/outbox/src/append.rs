@@ -63,7 +63,7 @@ pub async fn append_events(
         .join(",");
     // Data-modifying CTEs always run, so one round trip writes both tables and notifies.
     tx.query_one(
-        "WITH stored AS (
+&tx.prepare_cached("WITH stored AS (
              INSERT INTO event_store (event_id, event_type, schema_version, aggregate_type,
                                       aggregate_id, aggregate_version, occurred_at, payload, metadata)
              SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::int[], $4::text[], $5::uuid[],
@@ -74,7 +74,7 @@ pub async fn append_events(
              SELECT * FROM UNNEST($1::uuid[], $2::text[], $10::text[], $11::int[], $12::text[]::json[])
              RETURNING 1
          )
-         SELECT pg_notify('cqrs_outbox_' || current_schema(), $13)",
+         SELECT pg_notify('cqrs_outbox_' || current_schema(), $13)").await.map_err(OutboxError::from)?,
         &[
             &ids,
             &types,

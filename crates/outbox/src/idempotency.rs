@@ -47,15 +47,23 @@ pub async fn claim(
     fingerprint: &str,
 ) -> Result<Claim, OutboxError> {
     tx.execute(
-        "SELECT pg_advisory_xact_lock(hashtextextended($1::text || ':' || $2::text, 0))",
+        &tx.prepare_cached(
+            "SELECT pg_advisory_xact_lock(hashtextextended($1::text || ':' || $2::text, 0))",
+        )
+        .await
+        .map_err(OutboxError::from)?,
         &[&user_id.to_string(), &key],
     )
     .await?;
     let row = tx
         .query_opt(
-            "SELECT fingerprint, status_code, response FROM idempotency_keys
+            &tx.prepare_cached(
+                "SELECT fingerprint, status_code, response FROM idempotency_keys
              WHERE user_id = $1 AND key = $2
                AND created_at > now() - make_interval(hours => $3)",
+            )
+            .await
+            .map_err(OutboxError::from)?,
             &[&user_id, &key, &RETENTION_HOURS],
         )
         .await?;
@@ -83,11 +91,15 @@ pub async fn store(
 ) -> Result<(), OutboxError> {
     let status = i16::try_from(status).unwrap_or(i16::MAX);
     tx.execute(
-        "INSERT INTO idempotency_keys (user_id, key, fingerprint, status_code, response)
+        &tx.prepare_cached(
+            "INSERT INTO idempotency_keys (user_id, key, fingerprint, status_code, response)
          VALUES ($1, $2, $3, $4, $5)
          ON CONFLICT (user_id, key) DO UPDATE
            SET fingerprint = EXCLUDED.fingerprint, status_code = EXCLUDED.status_code,
                response = EXCLUDED.response, created_at = now()",
+        )
+        .await
+        .map_err(OutboxError::from)?,
         &[&user_id, &key, &fingerprint, &status, body],
     )
     .await?;

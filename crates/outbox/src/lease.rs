@@ -3,9 +3,11 @@
 //! Each outbox partition is published by exactly one replica at a time. A lease is a row in
 //! `relay_leases` (holder, expiry) kept alive by its holder's periodic [`LeaseStore::tick`].
 //! Exclusivity does not rest on clocks alone: a publish transaction locks its partition's lease
-//! row and checks the holder and expiry ([`crate::relay::OutboxStore::publish_batch`] with a
-//! holder), and taking a lease over updates the same row, so the new holder waits until the old
-//! holder's batch has committed or rolled back. Per-aggregate order therefore survives any
+//! row `FOR KEY SHARE` and checks the holder and expiry
+//! ([`crate::relay::OutboxStore::publish_batch`] with a holder), and taking a lease over first
+//! locks the row `FOR UPDATE`, which conflicts with that lock, so the new holder cannot take the
+//! lease until the old holder's batch has committed or rolled back (it skips the row this tick).
+//! The holder's own renewals are plain `UPDATE`s that do not conflict, so they never stall it. Per-aggregate order therefore survives any
 //! handover: the new holder reads what the old one left, in sequence order.
 //!
 //! Fair share: every replica heartbeats into `relay_members`; with `R` live replicas each aims
@@ -75,6 +77,10 @@ impl LeaseStore {
         let ttl = self.ttl_ms();
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
+        // No need to wait for the WAL flush: a renewal or acquisition lost in a crash only
+        // means leases are re-taken later, and publishing re-checks its lease in the database.
+        tx.batch_execute("SET LOCAL synchronous_commit = off")
+            .await?;
         // Lease rows exist for every partition, so takeover is always an UPDATE of a row that
         // a publishing holder may have locked (the fencing described above).
         tx.execute(

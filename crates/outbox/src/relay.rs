@@ -42,6 +42,66 @@ pub enum PublishError<E: std::error::Error + 'static> {
     LeaseLost,
 }
 
+/// Starts a relay transaction. Its commit need not wait for the WAL flush: if a crash loses
+/// it, the rows it deleted come back and are published again (same `event_id`), which the
+/// at-least-once contract already allows. The command's own commit stays synchronous.
+const BEGIN: &str = "BEGIN; SET LOCAL synchronous_commit = off";
+
+/// Reads a batch under the lease: one row whose first column says whether the lease is held,
+/// followed by the batch's columns (NULL when the partition is empty). The lease row stays
+/// locked `FOR KEY SHARE` until the transaction ends: that lock is the fence against a takeover
+/// mid-batch, because taking a lease over locks the row `FOR UPDATE`, which conflicts with it.
+/// The holder's own renewals (plain `UPDATE`s of non-key columns) do not conflict, so they
+/// never stall publishing.
+const SELECT_LEASED: &str = "
+    WITH lease AS MATERIALIZED (
+        SELECT partition FROM relay_leases
+        WHERE partition = $1 AND holder = $3 AND expires_at > clock_timestamp() + make_interval(secs => $4)
+        FOR KEY SHARE
+    )
+    SELECT EXISTS (SELECT 1 FROM lease), o.seq, o.event_id, o.event_type, o.module, o.partition, o.envelope, o.created_at
+    FROM (SELECT 1) AS one
+    LEFT JOIN LATERAL (
+        SELECT seq, event_id, event_type, module, partition, envelope::text AS envelope, created_at
+        FROM outbox WHERE partition = $1 AND EXISTS (SELECT 1 FROM lease) ORDER BY seq LIMIT $2
+    ) AS o ON true";
+
+/// The same without a lease (single-relay set-ups and tests).
+const SELECT_UNLEASED: &str = "
+    SELECT true, o.seq, o.event_id, o.event_type, o.module, o.partition, o.envelope, o.created_at
+    FROM (SELECT 1) AS one
+    LEFT JOIN LATERAL (
+        SELECT seq, event_id, event_type, module, partition, envelope::text AS envelope, created_at
+        FROM outbox WHERE partition = $1 ORDER BY seq LIMIT $2
+    ) AS o ON true";
+
+/// A pooled connection inside a manually managed transaction. Unless [`OpenTransaction::finish`]
+/// is called (after COMMIT or ROLLBACK), dropping it removes the connection from the pool and
+/// closes it, which makes PostgreSQL roll the transaction back.
+struct OpenTransaction(Option<deadpool_postgres::Object>);
+
+impl OpenTransaction {
+    fn client(&self) -> &deadpool_postgres::Object {
+        // Set in the constructor and only taken by `finish` (which consumes self) or drop.
+        self.0
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("client taken before finish"))
+    }
+
+    fn finish(mut self) {
+        // Back to the pool, in a clean state.
+        drop(self.0.take());
+    }
+}
+
+impl Drop for OpenTransaction {
+    fn drop(&mut self) {
+        if let Some(client) = self.0.take() {
+            drop(deadpool_postgres::Object::take(client));
+        }
+    }
+}
+
 /// Pending work, for metrics and the admin API.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PendingStats {
@@ -98,53 +158,87 @@ impl OutboxStore {
         E: std::error::Error + 'static,
         F: AsyncFnOnce(&[OutboxRow]) -> Result<(), E>,
     {
-        let mut client = self.pool.get().await.map_err(OutboxError::from)?;
-        let tx = client.transaction().await.map_err(OutboxError::from)?;
-        if let Some((holder, margin)) = lease {
-            let margin_secs = margin.as_secs_f64();
-            let held = tx
-                .query_opt(
-                    "SELECT 1 FROM relay_leases
-                     WHERE partition = $1 AND holder = $2
-                       AND expires_at > clock_timestamp() + make_interval(secs => $3)
-                     FOR UPDATE",
-                    &[&partition, &holder, &margin_secs],
-                )
-                .await
-                .map_err(OutboxError::from)?;
-            if held.is_none() {
-                return Err(PublishError::LeaseLost);
+        // Two round trips per batch: BEGIN pipelined with one statement that checks (and
+        // locks) the lease and reads the batch, then DELETE pipelined with COMMIT. The guard
+        // discards the connection if the batch is abandoned half-way, so an open transaction
+        // never goes back to the pool.
+        let open = OpenTransaction(Some(self.pool.get().await.map_err(OutboxError::from)?));
+        let client = open.client();
+        let (held, rows) = match lease {
+            Some((holder, margin)) => {
+                let stmt = client
+                    .prepare_cached(SELECT_LEASED)
+                    .await
+                    .map_err(OutboxError::from)?;
+                let margin = margin.as_secs_f64();
+                let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
+                    [&partition, &limit, &holder, &margin];
+                let (begin, rows) =
+                    tokio::join!(client.batch_execute(BEGIN), client.query(&stmt, &params));
+                begin.map_err(OutboxError::from)?;
+                let rows = rows.map_err(OutboxError::from)?;
+                (rows.first().is_some_and(|r| r.get::<_, bool>(0)), rows)
             }
-        }
-        let rows = tx
-            .query(
-                "SELECT seq, event_id, event_type, module, partition, envelope::text, created_at
-                 FROM outbox WHERE partition = $1 ORDER BY seq LIMIT $2",
-                &[&partition, &limit],
-            )
-            .await
-            .map_err(OutboxError::from)?;
-        if rows.is_empty() {
-            return Ok(0);
-        }
+            None => {
+                let stmt = client
+                    .prepare_cached(SELECT_UNLEASED)
+                    .await
+                    .map_err(OutboxError::from)?;
+                let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&partition, &limit];
+                let (begin, rows) =
+                    tokio::join!(client.batch_execute(BEGIN), client.query(&stmt, &params));
+                begin.map_err(OutboxError::from)?;
+                (true, rows.map_err(OutboxError::from)?)
+            }
+        };
         let batch: Vec<OutboxRow> = rows
             .iter()
+            .filter(|r| r.get::<_, Option<i64>>(1).is_some())
             .map(|r| OutboxRow {
-                seq: r.get(0),
-                event_id: r.get(1),
-                event_type: r.get(2),
-                module: r.get(3),
-                partition: r.get(4),
-                envelope: r.get(5),
-                created_at: r.get(6),
+                seq: r.get(1),
+                event_id: r.get(2),
+                event_type: r.get(3),
+                module: r.get(4),
+                partition: r.get(5),
+                envelope: r.get(6),
+                created_at: r.get(7),
             })
             .collect();
-        publish(&batch).await.map_err(PublishError::Publish)?;
+        if !held || batch.is_empty() {
+            client
+                .batch_execute("ROLLBACK")
+                .await
+                .map_err(OutboxError::from)?;
+            open.finish();
+            return if held {
+                Ok(0)
+            } else {
+                Err(PublishError::LeaseLost)
+            };
+        }
+        if let Err(e) = publish(&batch).await {
+            client
+                .batch_execute("ROLLBACK")
+                .await
+                .map_err(OutboxError::from)?;
+            open.finish();
+            return Err(PublishError::Publish(e));
+        }
         let seqs: Vec<i64> = batch.iter().map(|r| r.seq).collect();
-        tx.execute("DELETE FROM outbox WHERE seq = ANY($1)", &[&seqs])
+        let delete = client
+            .prepare_cached("DELETE FROM outbox WHERE seq = ANY($1)")
             .await
             .map_err(OutboxError::from)?;
-        tx.commit().await.map_err(OutboxError::from)?;
+        // A failed DELETE aborts the transaction and the COMMIT then rolls it back, so the
+        // rows stay queued (published twice later, never lost).
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&seqs];
+        let (deleted, committed) = tokio::join!(
+            client.execute(&delete, &params),
+            client.batch_execute("COMMIT")
+        );
+        deleted.map_err(OutboxError::from)?;
+        committed.map_err(OutboxError::from)?;
+        open.finish();
         Ok(batch.len())
     }
 

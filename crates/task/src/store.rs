@@ -82,9 +82,9 @@ pub async fn create(
         return Err(TaskError::NotFound);
     };
     tx.execute(
-        "INSERT INTO tasks (id, user_id, title, type, tags, estimated_minutes, priority, difficulty,
+&tx.prepare_cached("INSERT INTO tasks (id, user_id, title, type, tags, estimated_minutes, priority, difficulty,
                             status, due_date, created_at, updated_at, version)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)").await.map_err(outbox::OutboxError::from)?,
         &[
             &task.id,
             &task.user_id,
@@ -132,7 +132,11 @@ pub async fn execute(
     // outbox rows are in version order too.
     let row = tx
         .query_opt(
-            &format!("SELECT {COLUMNS} FROM tasks WHERE id = $1 FOR UPDATE"),
+            &tx.prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM tasks WHERE id = $1 FOR UPDATE"
+            ))
+            .await
+            .map_err(outbox::OutboxError::from)?,
             &[&id],
         )
         .await
@@ -160,11 +164,11 @@ pub async fn execute(
         .zip(first..)
         .try_fold(task, |t, (e, v)| evolve(Some(t), e, id, v, ctx.now))?;
     tx.execute(
-        "UPDATE tasks SET title = $2, tags = $3, estimated_minutes = $4, priority = $5, difficulty = $6,
+&tx.prepare_cached("UPDATE tasks SET title = $2, tags = $3, estimated_minutes = $4, priority = $5, difficulty = $6,
                 status = $7, due_date = $8, started_at = $9, completed_at = $10, actual_minutes = $11,
                 note = $12, abandon_reason = $13, updated_at = $14::timestamptz, version = $15,
                 deleted_at = CASE WHEN $16::boolean THEN $14::timestamptz ELSE NULL END
-         WHERE id = $1",
+         WHERE id = $1").await.map_err(outbox::OutboxError::from)?,
         &[
             &id,
             &new.title,
