@@ -40,7 +40,8 @@ lint:
 # Benchmarks run in release mode against the local servers; figures go in BENCHMARKS.md.
 bench:
 	scripts/ensure-services.sh
-	cargo run --release -q -p bench --bin relay-bench
+	cargo build --release -q -p outbox-relay -p bench
+	target/release/relay-bench
 
 # The chaos tests at full size (CI runs a short profile of the same tests).
 chaos:

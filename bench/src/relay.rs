@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use events::{EventContext, EventEnvelope};
 use outbox::PgSettings;
-use outbox_relay::{Relay, RelaySettings};
 use streams::{RedisPools, RedisSettings, redis};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -202,7 +201,7 @@ async fn main() -> anyhow::Result<()> {
     let pool = outbox::connect(&pg)?;
     outbox::migrate::migrate(&pool, &schema).await?;
     let redis = RedisPools::connect(&RedisSettings::new(cfg.redis_url.clone(), prefix.clone()))?;
-    let result = run(&cfg, &pg, &pool, &redis, &schema, &prefix).await;
+    let result = run(&cfg, &pool, &redis, &schema, &prefix).await;
     // Clean up whatever happened.
     if let Ok(c) = pool.get().await {
         let _ = c
@@ -228,27 +227,39 @@ async fn main() -> anyhow::Result<()> {
 
 async fn run(
     cfg: &Config,
-    pg: &PgSettings,
     pool: &outbox::Pool,
     redis: &RedisPools,
     schema: &str,
     prefix: &str,
 ) -> anyhow::Result<String> {
-    let settings = RelaySettings {
-        holder: "bench".into(),
-        batch_size: BATCH,
-        poll_interval: Duration::from_millis(100),
-        lease_ttl: Duration::from_secs(5),
-        trim_interval: Duration::from_secs(3600),
-    };
-    let relay = Relay::new(pool.clone(), redis.clone(), cfg.partitions, settings);
-    let start_relay = || {
-        let stop = CancellationToken::new();
-        let (relay, pg, token) = (relay.clone(), pg.clone(), stop.clone());
-        (
-            stop,
-            tokio::spawn(async move { relay.run(pg, token).await }),
-        )
+    // The relay under test is the release binary, as deployed: its own process and runtime,
+    // not sharing one with this program's writers and reader.
+    let relay_bin = std::env::current_exe()?.with_file_name("outbox-relay");
+    if !relay_bin.exists() {
+        bail!(
+            "{} is missing: `make bench` builds it (cargo build --release -p outbox-relay)",
+            relay_bin.display()
+        );
+    }
+    let start_relay = || -> anyhow::Result<RelayProcess> {
+        let child = Command::new(&relay_bin)
+            .env_clear()
+            .env("DATABASE_URL", &cfg.pg_url)
+            .env("DATABASE_SCHEMA", schema)
+            .env("REDIS_URL", &cfg.redis_url)
+            .env("REDIS_KEY_PREFIX", prefix)
+            .env("STREAM_PARTITIONS", cfg.partitions.to_string())
+            .env("RELAY_BATCH_SIZE", BATCH.to_string())
+            .env(
+                "RELAY_VACUUM_INTERVAL_MS",
+                env_or("BENCH_VACUUM_MS", 5000u64).to_string(),
+            )
+            .env("HTTP_ADDR", "127.0.0.1:0")
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .context("starting outbox-relay")?;
+        Ok(RelayProcess(child))
     };
 
     // Steady state first, on a fresh outbox: latency right after draining a large backlog is
@@ -257,7 +268,7 @@ async fn run(
         "measuring commit → XADD latency at {} events/s for {} s…",
         cfg.rate, cfg.seconds
     );
-    let (stop, running) = start_relay();
+    let relay = start_relay()?;
     // A checkpoint left running by earlier work (each fill writes ~0.5 GB of WAL) spreads its
     // writes over minutes and slows every WAL flush on this disk; start from a quiet server.
     // The host is shared and noisy: several rounds, each reported, the median one headlined.
@@ -266,9 +277,17 @@ async fn run(
         pool.get().await?.batch_execute("CHECKPOINT").await?;
         tokio::time::sleep(Duration::from_millis(500)).await;
         rounds.push(latency(cfg, pool, redis).await?);
+        let c = pool.get().await?;
+        let dead: i64 = c
+            .query_one(
+                "SELECT n_dead_tup FROM pg_stat_user_tables WHERE relid = 'outbox'::regclass",
+                &[],
+            )
+            .await?
+            .get(0);
+        eprintln!("outbox dead tuples after the round: {dead}");
     }
-    stop.cancel();
-    let _ = running.await;
+    drop(relay);
 
     eprintln!(
         "filling the outbox with {} events over {} partitions…",
@@ -294,7 +313,7 @@ async fn run(
 
     eprintln!("draining the backlog with the relay…");
     let started = Instant::now();
-    let (stop, running) = start_relay();
+    let relay = start_relay()?;
     while !outbox_empty(pool).await? {
         tokio::time::sleep(Duration::from_millis(20)).await;
         if started.elapsed() > Duration::from_secs(300) {
@@ -302,8 +321,7 @@ async fn run(
         }
     }
     let drain = started.elapsed();
-    stop.cancel();
-    let _ = running.await;
+    drop(relay);
     let drained_rate = cfg.events as f64 / drain.as_secs_f64();
     let mut published = 0u64;
     {
@@ -312,7 +330,7 @@ async fn run(
             published += streams::retention::length(&mut *c, &s).await?;
         }
     }
-    let measured: usize = rounds.iter().map(|r| r.2).sum();
+    let measured: usize = rounds.iter().map(|r| r.sent).sum();
     if published < (cfg.events + measured) as u64 {
         bail!(
             "only {published} of {} events reached the streams",
@@ -357,7 +375,7 @@ async fn run(
         drained_rate / 30000.0
     )?;
     writeln!(r)?;
-    let sent = rounds.first().map_or(0, |r| r.2);
+    let sent = rounds.first().map_or(0, |r| r.sent);
     writeln!(
         r,
         "| commit → XADD at {} events/s, {sent} events per round | p50 | p99 | max |",
@@ -365,8 +383,17 @@ async fn run(
     )?;
     writeln!(r, "|---|---|---|---|")?;
     let mut by_p99: Vec<usize> = (0..rounds.len()).collect();
-    by_p99.sort_by_key(|i| percentile(&rounds[*i].0, 0.99));
-    for (n, (lat, xadd, _)) in rounds.iter().enumerate() {
+    by_p99.sort_by_key(|i| percentile(&rounds[*i].read, 0.99));
+    for (
+        n,
+        Round {
+            read: lat,
+            xadd,
+            probe,
+            ..
+        },
+    ) in rounds.iter().enumerate()
+    {
         let tag = if by_p99.get(by_p99.len() / 2) == Some(&n) {
             " **(median round)**"
         } else {
@@ -388,6 +415,14 @@ async fn run(
             ms(percentile(xadd, 0.99)),
             ms(percentile(xadd, 1.0))
         )?;
+        writeln!(
+            r,
+            "| round {}: floor, a bare PostgreSQL round trip at the same rate | {:.2} ms | {:.2} ms | {:.2} ms |",
+            n + 1,
+            ms(percentile(probe, 0.5)),
+            ms(percentile(probe, 0.99)),
+            ms(percentile(probe, 1.0))
+        )?;
     }
     writeln!(r, "| target p99 | | 10 ms | |")?;
     Ok(r)
@@ -397,13 +432,44 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
+/// The relay child process. Dropping it stops it as production does, with SIGTERM, so it
+/// releases its leases (a killed relay's leases would make the next one wait for expiry).
+struct RelayProcess(std::process::Child);
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.0.id().to_string())
+            .status();
+        for _ in 0..100 {
+            if matches!(self.0.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// One latency round.
+struct Round {
+    /// Commit returned → entry read, sorted.
+    read: Vec<Duration>,
+    /// Commit returned → XADD (Redis entry time), sorted.
+    xadd: Vec<Duration>,
+    /// Events measured.
+    sent: usize,
+    /// The floor of the same moment: a bare `SELECT 1` round trip, at the same rate, sorted.
+    probe: Vec<Duration>,
+}
+
 /// Commits one event per transaction at `rate`/s while a reader blocks on every stream;
-/// latency = entry read − commit returned (an upper bound of commit → XADD).
-async fn latency(
-    cfg: &Config,
-    pool: &outbox::Pool,
-    redis: &RedisPools,
-) -> anyhow::Result<(Vec<Duration>, Vec<Duration>, usize)> {
+/// latency = entry read − commit returned (an upper bound of commit → XADD). Meanwhile a probe
+/// times a bare PostgreSQL round trip at the same rate: the floor any PostgreSQL-backed hop
+/// could reach in that moment on this host.
+async fn latency(cfg: &Config, pool: &outbox::Pool, redis: &RedisPools) -> anyhow::Result<Round> {
     // Per event: when its commit returned (monotonic, and wall-clock ms), when the reader saw
     // it, and Redis's wall-clock ms at XADD (the entry id's first part).
     let committed: Arc<Mutex<HashMap<Uuid, (Instant, u128)>>> = Arc::default();
@@ -471,6 +537,22 @@ async fn latency(
     let warmup = cfg.rate as usize;
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / cfg.rate as f64));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let probe = {
+        let (pool, done, rate) = (pool.clone(), done.clone(), cfg.rate);
+        tokio::spawn(async move {
+            let client = pool.get().await.expect("pg");
+            let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
+            let mut out = Vec::new();
+            while !done.is_cancelled() {
+                tick.tick().await;
+                let t = Instant::now();
+                if client.simple_query("SELECT 1").await.is_ok() {
+                    out.push(t.elapsed());
+                }
+            }
+            out
+        })
+    };
     let mut writers = tokio::task::JoinSet::new();
     for n in 0..warmup + total {
         tick.tick().await;
@@ -502,6 +584,8 @@ async fn latency(
     tokio::time::sleep(Duration::from_secs(1)).await;
     done.cancel();
     let _ = reader.await;
+    let mut probe = probe.await.unwrap_or_default();
+    probe.sort();
     let committed = committed.lock().expect("lock");
     let received = received.lock().expect("lock");
     let mut lat: Vec<Duration> = committed
@@ -529,5 +613,10 @@ async fn latency(
         );
     }
     lat.sort();
-    Ok((lat, xadd, total))
+    Ok(Round {
+        read: lat,
+        xadd,
+        sent: total,
+        probe,
+    })
 }

@@ -2,12 +2,15 @@
 //!
 //! Each outbox partition is published by exactly one replica at a time. A lease is a row in
 //! `relay_leases` (holder, expiry) kept alive by its holder's periodic [`LeaseStore::tick`].
-//! Exclusivity does not rest on clocks alone: a publish transaction locks its partition's lease
-//! row `FOR KEY SHARE` and checks the holder and expiry
-//! ([`crate::relay::OutboxStore::publish_batch`] with a holder), and taking a lease over first
-//! locks the row `FOR UPDATE`, which conflicts with that lock, so the new holder cannot take the
-//! lease until the old holder's batch has committed or rolled back (it skips the row this tick).
-//! The holder's own renewals are plain `UPDATE`s that do not conflict, so they never stall it. Per-aggregate order therefore survives any
+//! Exclusivity does not rest on clocks alone. Each partition has a *fence*: a
+//! transaction-scoped advisory lock keyed by schema and partition ([`fence_sql`]). A publish
+//! transaction holds it shared for its whole batch and checks the holder and expiry after
+//! taking it ([`crate::relay::OutboxStore::publish_batch`] with a holder); taking a lease over
+//! requires winning it exclusively (`pg_try_advisory_xact_lock`, skipping the partition this
+//! tick otherwise). So a new holder cannot take a lease while the old holder's batch is open,
+//! and an old holder that waited for a takeover to commit reads the new holder and stops. The
+//! holder's own renewals take no fence, so they never stall publishing; and advisory locks live
+//! in memory, so the fence costs no WAL on the publish path. Per-aggregate order therefore survives any
 //! handover: the new holder reads what the old one left, in sequence order.
 //!
 //! Fair share: every replica heartbeats into `relay_members`; with `R` live replicas each aims
@@ -27,6 +30,14 @@ use crate::OutboxError;
 /// The NOTIFY payload (on the outbox channel) telling peers that leases were released, so
 /// they tick now instead of at their next interval.
 pub const REBALANCE: &str = "rebalance";
+
+/// SQL calling `function` (an advisory-lock function) on the fence of `partition` (an SQL
+/// expression) in the current schema. Shared by the publisher and the lease taker so that the
+/// key can never differ between them.
+#[must_use]
+pub fn fence_sql(function: &str, partition: &str) -> String {
+    format!("{function}(hashtext('cqrs_relay:' || current_schema()), {partition})")
+}
 
 /// Lease bookkeeping for one relay replica.
 #[derive(Debug, Clone)]
@@ -127,15 +138,21 @@ impl LeaseStore {
             )
             .await?;
         } else if held < share {
-            // SKIP LOCKED: a lease row locked by its holder's publish transaction is not up
-            // for grabs this tick anyway.
+            // A free or expired lease is taken only if its fence can be won exclusively now:
+            // a partition whose (old) holder is mid-batch is skipped until a later tick. The
+            // fence stays held until this transaction commits the new holder. SKIP LOCKED keeps
+            // two takers from waiting on each other's row locks.
+            let fence = fence_sql("pg_try_advisory_xact_lock", "partition");
             tx.execute(
-                "UPDATE relay_leases SET holder = $1,
-                        expires_at = clock_timestamp() + make_interval(secs => $2::float8 / 1000)
-                 WHERE partition IN (
-                     SELECT partition FROM relay_leases
-                     WHERE partition < $4 AND (holder IS NULL OR expires_at < clock_timestamp())
-                     ORDER BY partition LIMIT $3 FOR UPDATE SKIP LOCKED)",
+                &format!(
+                    "UPDATE relay_leases SET holder = $1,
+                            expires_at = clock_timestamp() + make_interval(secs => $2::float8 / 1000)
+                     WHERE partition IN (
+                         SELECT partition FROM relay_leases
+                         WHERE partition < $4 AND (holder IS NULL OR expires_at < clock_timestamp())
+                           AND {fence}
+                         ORDER BY partition LIMIT $3 FOR UPDATE SKIP LOCKED)"
+                ),
                 &[
                     &self.holder,
                     &(ttl as f64),

@@ -47,17 +47,24 @@ pub enum PublishError<E: std::error::Error + 'static> {
 /// at-least-once contract already allows. The command's own commit stays synchronous.
 const BEGIN: &str = "BEGIN; SET LOCAL synchronous_commit = off";
 
-/// Reads a batch under the lease: one row whose first column says whether the lease is held,
-/// followed by the batch's columns (NULL when the partition is empty). The lease row stays
-/// locked `FOR KEY SHARE` until the transaction ends: that lock is the fence against a takeover
-/// mid-batch, because taking a lease over locks the row `FOR UPDATE`, which conflicts with it.
-/// The holder's own renewals (plain `UPDATE`s of non-key columns) do not conflict, so they
-/// never stall publishing.
+/// Starts a relay transaction under the partition's fence: a transaction-scoped advisory lock
+/// taken shared, which a takeover must win exclusively first (see [`crate::lease`]). Advisory
+/// locks live in memory, so nothing before the XADD writes WAL or waits on the disk. It runs as
+/// its own statement, before [`SELECT_LEASED`], so the lease check that follows reads with a
+/// snapshot taken after the fence is held.
+fn begin_fenced(partition: i32) -> String {
+    format!(
+        "{BEGIN}; SELECT {}",
+        crate::lease::fence_sql("pg_advisory_xact_lock_shared", &partition.to_string())
+    )
+}
+
+/// Reads a batch if the lease is held: one row whose first column says whether it is,
+/// followed by the batch's columns (NULL when the partition is empty).
 const SELECT_LEASED: &str = "
     WITH lease AS MATERIALIZED (
         SELECT partition FROM relay_leases
         WHERE partition = $1 AND holder = $3 AND expires_at > clock_timestamp() + make_interval(secs => $4)
-        FOR KEY SHARE
     )
     SELECT EXISTS (SELECT 1 FROM lease), o.seq, o.event_id, o.event_type, o.module, o.partition, o.envelope, o.created_at
     FROM (SELECT 1) AS one
@@ -173,8 +180,9 @@ impl OutboxStore {
                 let margin = margin.as_secs_f64();
                 let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
                     [&partition, &limit, &holder, &margin];
+                let begin = begin_fenced(partition);
                 let (begin, rows) =
-                    tokio::join!(client.batch_execute(BEGIN), client.query(&stmt, &params));
+                    tokio::join!(client.batch_execute(&begin), client.query(&stmt, &params));
                 begin.map_err(OutboxError::from)?;
                 let rows = rows.map_err(OutboxError::from)?;
                 (rows.first().is_some_and(|r| r.get::<_, bool>(0)), rows)
@@ -240,6 +248,35 @@ impl OutboxStore {
         committed.map_err(OutboxError::from)?;
         open.finish();
         Ok(batch.len())
+    }
+
+    /// Dead tuples in the outbox (PostgreSQL's statistics, approximate).
+    ///
+    /// # Errors
+    /// [`OutboxError`] when PostgreSQL fails.
+    pub async fn dead_tuples(&self) -> Result<i64, OutboxError> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_one("SELECT coalesce(n_dead_tup, 0) FROM pg_stat_user_tables WHERE relid = 'outbox'::regclass", &[])
+            .await?;
+        Ok(row.get(0))
+    }
+
+    /// Vacuums the outbox when it holds more than `threshold` dead tuples; returns the count
+    /// seen. A queue table turns over its rows every few seconds, faster than autovacuum's
+    /// one-minute naptime, and every batch's index scan walks the dead entries left behind, so
+    /// the relay cleans up after itself. Cheap when there is little to do.
+    ///
+    /// # Errors
+    /// [`OutboxError`] when PostgreSQL fails.
+    pub async fn vacuum_if_needed(&self, threshold: i64) -> Result<i64, OutboxError> {
+        let dead = self.dead_tuples().await?;
+        if dead > threshold {
+            let client = self.pool.get().await?;
+            // Not in a transaction: VACUUM refuses to run inside one.
+            client.batch_execute("VACUUM outbox").await?;
+        }
+        Ok(dead)
     }
 
     /// How much is waiting, and for how long.

@@ -58,6 +58,10 @@ pub struct Settings {
     /// How often streams are trimmed below what every group acknowledged, milliseconds.
     #[arg(long, env = "RELAY_TRIM_INTERVAL_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
     pub relay_trim_interval_ms: u64,
+    /// How often the outbox's dead tuples are checked (and the table vacuumed when there
+    /// are many), milliseconds.
+    #[arg(long, env = "RELAY_VACUUM_INTERVAL_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
+    pub relay_vacuum_interval_ms: u64,
     /// This replica's lease holder id; default `<host>-<pid>-<random>`, unique per process.
     #[arg(long, env = "RELAY_ID")]
     pub relay_id: Option<String>,
@@ -110,6 +114,7 @@ impl Application {
                 poll_interval: Duration::from_millis(settings.relay_poll_interval_ms),
                 lease_ttl: Duration::from_millis(settings.relay_lease_ms),
                 trim_interval: Duration::from_millis(settings.relay_trim_interval_ms),
+                vacuum_interval: Duration::from_millis(settings.relay_vacuum_interval_ms),
             },
         );
         let health = Health::new("outbox-relay")

@@ -14,3 +14,5 @@ pub const PARTITIONS_HELD: &str = "cqrs_relay_partitions_held";
 pub const STREAM_TRIMMED_TOTAL: &str = "cqrs_stream_trimmed_entries_total";
 /// Stream length after the last trim: `module`, `partition`.
 pub const STREAM_LENGTH: &str = "cqrs_stream_length";
+/// Dead tuples in the outbox table before the last cleaning check.
+pub const OUTBOX_DEAD_TUPLES: &str = "cqrs_outbox_dead_tuples";

@@ -69,6 +69,8 @@ pub struct RelaySettings {
     pub lease_ttl: Duration,
     /// How often held partitions' streams are trimmed.
     pub trim_interval: Duration,
+    /// How often the holder of partition 0 checks the outbox's dead tuples and vacuums it.
+    pub vacuum_interval: Duration,
 }
 
 /// Publishes the outbox.
@@ -117,6 +119,9 @@ impl std::fmt::Debug for Relay {
             .finish_non_exhaustive()
     }
 }
+
+/// Dead outbox tuples above which the relay vacuums the table itself.
+const VACUUM_THRESHOLD: i64 = 2000;
 
 /// Modules whose streams each partition feeds.
 fn modules() -> impl Iterator<Item = &'static str> {
@@ -294,6 +299,7 @@ impl Relay {
         let mut held: Vec<u32> = vec![];
         let mut trim_due = Instant::now();
         let mut gauges_due = Instant::now();
+        let mut vacuum_due = Instant::now();
         let mut tick = tokio::time::interval(self.settings.lease_ttl / 3);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tracing::info!(holder = %self.settings.holder, partitions = self.routing.partitions(), "relay started");
@@ -329,6 +335,16 @@ impl Relay {
                 for p in &held {
                     if let Err(e) = self.trim_partition(*p).await {
                         tracing::debug!(partition = p, error = %resilience::error_chain(&e), "trim failed; will retry");
+                    }
+                }
+            }
+            // One replica cleans the shared table: whoever holds partition 0.
+            if held.first() == Some(&0) && Instant::now() >= vacuum_due {
+                vacuum_due = Instant::now() + self.settings.vacuum_interval;
+                match self.store.vacuum_if_needed(VACUUM_THRESHOLD).await {
+                    Ok(dead) => metrics::gauge!(m::OUTBOX_DEAD_TUPLES).set(dead as f64),
+                    Err(e) => {
+                        tracing::debug!(error = %resilience::error_chain(&e), "outbox vacuum failed; will retry")
                     }
                 }
             }

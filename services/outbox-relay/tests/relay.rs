@@ -40,6 +40,7 @@ impl Fixture {
             relay_poll_interval_ms: poll_ms,
             relay_lease_ms: 1500,
             relay_trim_interval_ms: 200,
+            relay_vacuum_interval_ms: 5000,
             relay_id: None,
         }
     }

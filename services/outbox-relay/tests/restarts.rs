@@ -33,6 +33,7 @@ fn settings(
         relay_poll_interval_ms: 200,
         relay_lease_ms: 1500,
         relay_trim_interval_ms: 60_000,
+        relay_vacuum_interval_ms: 5000,
         relay_id: None,
     }
 }
