@@ -1,5 +1,5 @@
 # The two commands a newcomer needs: `make run` and `make test`.
-.PHONY: run test build migrate fmt lint bench chaos help
+.PHONY: run test build migrate fmt lint bench soak chaos help
 
 help:
 	@echo "make run      run the whole pipeline locally (PostgreSQL + Redis + five services)"
@@ -8,6 +8,7 @@ help:
 	@echo "make fmt      format the code"
 	@echo "make lint     rustfmt check + clippy with warnings as errors"
 	@echo "make bench    throughput and latency next to this machine's limits (release build)"
+	@echo "make soak     10 minutes of steady load: storage and memory must stay flat"
 	@echo "make chaos    the long chaos profiles (relays killed at random under 50k events)"
 
 run:
@@ -47,4 +48,10 @@ bench:
 chaos:
 	scripts/ensure-services.sh
 	cargo build --workspace --bins
-	CHAOS_EVENTS=50000 cargo nextest run -p pipeline-tests --no-capture -E 'test(/random/)'
+	CHAOS_EVENTS=50000 cargo nextest run -p pipeline-tests --no-capture -E 'test(/killed_at_random/)'
+
+# Ten minutes of steady load through the release relay and projector (SOAK_SECONDS to change).
+soak:
+	scripts/ensure-services.sh
+	cargo build --release -q -p outbox-relay -p projector-worker -p bench
+	target/release/soak

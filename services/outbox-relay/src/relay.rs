@@ -102,11 +102,18 @@ impl Outages {
         }
     }
 
+    /// A batch went through: both dependencies answer.
     fn succeeded(&self) {
-        for t in [&self.postgres, &self.redis] {
-            if let Ok(mut t) = t.lock() {
-                t.succeeded();
-            }
+        self.postgres_succeeded();
+        if let Ok(mut t) = self.redis.lock() {
+            t.succeeded();
+        }
+    }
+
+    /// A PostgreSQL-only step (a lease tick) went through.
+    fn postgres_succeeded(&self) {
+        if let Ok(mut t) = self.postgres.lock() {
+            t.succeeded();
         }
     }
 }
@@ -295,7 +302,6 @@ impl Relay {
             shutdown.clone(),
         ));
         let mut workers: BTreeMap<u32, (CancellationToken, JoinHandle<()>)> = BTreeMap::new();
-        let mut lease_outage = Outage::new("postgres", "relay-leases");
         let mut held: Vec<u32> = vec![];
         let mut trim_due = Instant::now();
         let mut gauges_due = Instant::now();
@@ -312,7 +318,7 @@ impl Relay {
             }
             match self.leases.tick().await {
                 Ok(state) => {
-                    lease_outage.succeeded();
+                    self.outages.postgres_succeeded();
                     let now_held: Vec<u32> = state
                         .held
                         .iter()
@@ -325,9 +331,7 @@ impl Relay {
                     metrics::gauge!(m::PARTITIONS_HELD).set(held.len() as f64);
                 }
                 // Workers keep going: every batch re-checks its lease in PostgreSQL anyway.
-                Err(e) => {
-                    lease_outage.failed(&e);
-                }
+                Err(e) => self.outages.failed(&RelayError::Outbox(e)),
             }
             self.reconcile(&mut workers, &held, &wakers);
             if Instant::now() >= trim_due {

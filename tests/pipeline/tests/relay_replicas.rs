@@ -179,3 +179,78 @@ async fn no_event_lost_or_reordered_while_relays_are_killed_at_random() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The system this replaces logged 8,494 errors during one outage. A relay that loses Redis
+/// for a few seconds logs the first failure once (warn) and the recovery once (info), counts
+/// the retries in a metric, reports not-ready meanwhile, and publishes the backlog afterwards.
+#[tokio::test]
+async fn an_outage_logs_its_start_and_end_once_and_counts_the_retries() {
+    let db = TestDb::new().await;
+    let redis = TestRedis::new().await;
+    let proxy = test_kit::proxy::TcpProxy::redis().await;
+    let dir = std::env::temp_dir().join(format!("cqrs-outage-{}", db.schema));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let mut env = relay_env(&db, &redis, 2, None);
+    env.retain(|(k, _)| k != "REDIS_URL");
+    env.push(("REDIS_URL".into(), proxy.redis_url()));
+    let mut relay = Service::spawn(&binary("outbox-relay"), &env, &dir);
+    relay.wait_ready(Duration::from_secs(10)).await;
+    let http = reqwest::Client::new();
+
+    proxy.down();
+    write_events(&db.pool, 5, 50, 1, 2).await;
+    eventually(Duration::from_secs(5), "/readyz turns 503", || async {
+        let r = http
+            .get(format!("{}/readyz", relay.url()))
+            .send()
+            .await
+            .ok()?;
+        (r.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE).then_some(())
+    })
+    .await;
+    // Several seconds of retries with backoff.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    proxy.up();
+    eventually(Duration::from_secs(20), "backlog published", || async {
+        let a = audit_streams(&db.pool, &redis.pools, "task", 2).await;
+        (a.committed == 50 && a.missing.is_empty()).then_some(())
+    })
+    .await;
+    let metrics = http
+        .get(format!("{}/metrics", relay.url()))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    let retries: f64 = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("cqrs_dependency_errors_total{") && l.contains("dependency=\"redis\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    relay.terminate(Duration::from_secs(10)).await;
+    let log = relay.log_text();
+    let warns = log
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("dependency unavailable"))
+        .count();
+    let recoveries = log
+        .lines()
+        .filter(|l| l.contains("dependency recovered"))
+        .count();
+    let errors = log.lines().filter(|l| l.contains("ERROR")).count();
+    eprintln!(
+        "outage: {warns} warn line(s), {recoveries} recovery line(s), {retries} counted failures"
+    );
+    assert_eq!(warns, 1, "one warning for the whole outage:\n{log}");
+    assert_eq!(recoveries, 1, "one recovery line:\n{log}");
+    assert_eq!(errors, 0, "an outage is not an error:\n{log}");
+    assert!(
+        retries >= 3.0,
+        "the retries are counted, not logged: {retries}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
