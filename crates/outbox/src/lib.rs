@@ -13,6 +13,7 @@
 #![warn(missing_docs)]
 
 pub mod append;
+pub mod control;
 pub mod error;
 pub mod idempotency;
 pub mod lease;

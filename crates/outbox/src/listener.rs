@@ -1,7 +1,7 @@
-//! A dedicated LISTEN connection for outbox notifications.
+//! A dedicated LISTEN connection.
 //!
 //! Pooled connections silently drop notifications (the pool drives the connection and
-//! discards them), so the relay keeps one connection of its own and drives it here. The caller
+//! discards them), so listeners keep one connection of their own and drive it here. The caller
 //! reconnects when [`Listener::closed`] resolves and must keep a poll fallback: notifications
 //! sent while disconnected are lost.
 
@@ -10,7 +10,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio::task::JoinHandle;
 use tokio_postgres::{AsyncMessage, NoTls};
 
-use crate::{OutboxError, PgSettings, notify_channel};
+use crate::{OutboxError, PgSettings};
 
 /// A live LISTEN session; each notification's payload is sent to the given channel.
 #[derive(Debug)]
@@ -20,15 +20,16 @@ pub struct Listener {
 }
 
 impl Listener {
-    /// Connects, subscribes to the schema's outbox channel and starts forwarding notification
-    /// payloads (the partitions the committing transaction wrote, comma-separated) to
-    /// `payloads`. When this returns the subscription exists: the caller should then look for
-    /// work committed before it ("subscribe before you check").
+    /// Connects, subscribes to `channel` (e.g. [`crate::notify_channel`] of the schema: the
+    /// outbox, whose payloads list the partitions a commit wrote) and starts forwarding
+    /// notification payloads to `payloads`. When this returns the subscription exists: the
+    /// caller should then look for work committed before it ("subscribe before you check").
     ///
     /// # Errors
     /// [`OutboxError`] when the connection or `LISTEN` fails.
     pub async fn start(
         settings: &PgSettings,
+        channel: &str,
         payloads: UnboundedSender<String>,
     ) -> Result<Self, OutboxError> {
         let (client, mut connection) = settings.pg_config()?.connect(NoTls).await?;
@@ -50,7 +51,7 @@ impl Listener {
             }
         });
         client
-            .batch_execute(&format!("LISTEN \"{}\"", notify_channel(&settings.schema)))
+            .batch_execute(&format!("LISTEN \"{channel}\""))
             .await?;
         Ok(Self {
             driver,

@@ -249,7 +249,9 @@ impl AggregateOf for outbox::relay::OutboxRow {
 async fn listener_hears_commits_with_their_partitions_and_not_rollbacks() {
     let db = TestDb::new().await;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let _listener = Listener::start(&db.settings, tx).await.expect("listen");
+    let _listener = Listener::start(&db.settings, &outbox::notify_channel(&db.schema), tx)
+        .await
+        .expect("listen");
     {
         let mut c = db.pool.get().await.expect("client");
         let tx = c.transaction().await.expect("tx");

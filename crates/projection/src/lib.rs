@@ -6,9 +6,11 @@
 //! Knows no module: a module plugs in by implementing [`Projection`].
 #![warn(missing_docs)]
 
+pub mod control;
+pub mod dead_letters;
 pub mod metrics;
 pub mod plan;
 pub mod runtime;
 
 pub use plan::{PlanOutcome, Projection, ProjectionError, ViewState, plan};
-pub use runtime::{BatchReport, Projector, ProjectorSettings};
+pub use runtime::{BatchReport, Projector, ProjectorSettings, ReplayError, ReplayReport, Status};

@@ -13,3 +13,9 @@ pub const WORKER_ERRORS_TOTAL: &str = "cqrs_worker_errors_total";
 pub const PROJECTION_LAG_SECONDS: &str = "cqrs_projection_lag_seconds";
 /// Entries not yet delivered to the group (`XINFO GROUPS` lag): `projection`, `stream`.
 pub const CONSUMER_LAG_MESSAGES: &str = "cqrs_consumer_lag_messages";
+/// Redeliveries of failed events: `projection`.
+pub const RETRY_ATTEMPTS_TOTAL: &str = "cqrs_retry_attempts_total";
+/// Entries moved to the dead letters (successful moves only): `projection`, `error_type`.
+pub const DLQ_MESSAGES_TOTAL: &str = "cqrs_dlq_messages_total";
+/// Partitions whose lease this replica holds: `projection`.
+pub const PARTITIONS_HELD: &str = "cqrs_projector_partitions_held";

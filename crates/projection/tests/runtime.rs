@@ -1,21 +1,27 @@
-//! The projector runtime against a real Redis, with a small counting projection.
+//! The projector runtime against a real Redis (and PostgreSQL where history is replayed), with
+//! a small projection whose failures the tests control.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use events::{EventContext, EventEnvelope, ModuleSpec, TASK};
+use outbox::control::DesiredState;
+use projection::dead_letters::{DeadLetterError, DeadLetters};
 use projection::{Projection, ProjectionError, Projector, ProjectorSettings, ViewState};
 use streams::publisher::{self, StreamEntry};
 use streams::{Op, ReadModelKeys, redis};
-use test_kit::{TestRedis, eventually};
+use test_kit::{TestDb, TestRedis, eventually};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-/// `count:<id>` = number of events applied to the aggregate; `log:<id>` = their versions in
-/// order. `task.poison` cannot be applied.
-struct Counting;
+/// `log:<id>` lists the versions applied to the aggregate, in order. `task.poison` fails while
+/// `broken` is set (a bug fixed by a later deploy).
+struct Logging {
+    broken: Arc<AtomicBool>,
+}
 
-impl Projection for Counting {
+impl Projection for Logging {
     fn module(&self) -> &'static ModuleSpec {
         &TASK
     }
@@ -28,22 +34,20 @@ impl Projection for Counting {
         s: &ViewState,
         keys: &ReadModelKeys,
     ) -> Result<Vec<Op>, ProjectionError> {
-        if e.event_type == "task.poison" {
-            return Err(ProjectionError::MalformedPayload("poison".into()));
+        if e.event_type == "task.poison" && self.broken.load(Ordering::SeqCst) {
+            return Err(ProjectionError::MalformedPayload(
+                "cannot digest poison".into(),
+            ));
+        }
+        if !TASK.emits(&e.event_type) && e.event_type != "task.poison" {
+            return Err(ProjectionError::UnknownEventType(e.event_type.clone()));
         }
         let key = keys.key(&format!("log:{}", e.aggregate_id));
         let log = s.get(&key).map_or_else(
             || e.aggregate_version.to_string(),
             |l| format!("{l},{}", e.aggregate_version),
         );
-        Ok(vec![
-            Op::Set { key, value: log },
-            Op::HIncrBy {
-                key: keys.key("totals"),
-                field: "events".into(),
-                delta: 1,
-            },
-        ])
+        Ok(vec![Op::Set { key, value: log }])
     }
 }
 
@@ -57,53 +61,83 @@ fn envelope(id: Uuid, version: i64, event_type: &str) -> EventEnvelope {
     )
 }
 
+fn settings(replica: &str, partitions: u32) -> ProjectorSettings {
+    ProjectorSettings {
+        partitions,
+        block: Duration::from_millis(50),
+        lease_ttl: Duration::from_millis(900),
+        retry_base: Duration::from_millis(40),
+        retry_cap: Duration::from_millis(400),
+        max_attempts: 4,
+        ..ProjectorSettings::new(replica)
+    }
+}
+
 struct Fixture {
     redis: TestRedis,
-    projector: Projector,
+    broken: Arc<AtomicBool>,
+    projector: Arc<Projector>,
+    partitions: u32,
 }
 
 impl Fixture {
-    async fn new() -> Self {
-        let redis = TestRedis::new().await;
-        let settings = ProjectorSettings {
-            block: Duration::from_millis(50),
-            retry_interval: Duration::from_millis(50),
-            ..ProjectorSettings::new("c1")
-        };
-        let projector = Projector::new(redis.pools.clone(), Arc::new(Counting), settings);
-        projector.ensure_groups().await.expect("groups");
-        Self { redis, projector }
+    async fn new(partitions: u32) -> Self {
+        Self::with_db(partitions, None).await
     }
 
-    fn stream(&self) -> String {
-        self.redis.pools.keys.routing(1).stream("task", 0)
+    async fn with_db(partitions: u32, pg: Option<outbox::Pool>) -> Self {
+        let redis = TestRedis::new().await;
+        let broken = Arc::new(AtomicBool::new(true));
+        let projector = Arc::new(Projector::new(
+            redis.pools.clone(),
+            pg,
+            Arc::new(Logging {
+                broken: broken.clone(),
+            }),
+            settings("r1", partitions),
+        ));
+        projector.ensure_groups().await.expect("groups");
+        projector.tick_leases().await.expect("leases");
+        Self {
+            redis,
+            broken,
+            projector,
+            partitions,
+        }
+    }
+
+    fn another(&self, replica: &str) -> Projector {
+        Projector::new(
+            self.redis.pools.clone(),
+            None,
+            Arc::new(Logging {
+                broken: self.broken.clone(),
+            }),
+            settings(replica, self.partitions),
+        )
     }
 
     async fn publish(&self, events: &[EventEnvelope]) {
-        self.publish_raw(
-            &events
-                .iter()
-                .map(EventEnvelope::to_json)
-                .collect::<Vec<_>>(),
-        )
-        .await;
+        let routing = self.redis.pools.keys.routing(self.partitions);
+        let json: Vec<(String, String)> = events
+            .iter()
+            .map(|e| (routing.stream_for("task", e.aggregate_id), e.to_json()))
+            .collect();
+        self.publish_raw(&json).await;
     }
 
-    async fn publish_raw(&self, envelopes: &[String]) {
-        let stream = self.stream();
-        let entries: Vec<_> = envelopes
+    async fn publish_raw(&self, entries: &[(String, String)]) {
+        let list: Vec<_> = entries
             .iter()
-            .map(|e| StreamEntry {
-                stream: &stream,
+            .map(|(s, e)| StreamEntry {
+                stream: s,
                 event_id: "x",
                 event_type: "t",
                 envelope: e,
             })
             .collect();
         let mut c = self.redis.pools.commands.get().await.expect("conn");
-        publisher::publish(&mut *c, &entries)
-            .await
-            .expect("publish");
+        publisher::publish(&mut *c, &list).await.expect("publish");
     }
 
     async fn log(&self, id: Uuid) -> Option<String> {
@@ -115,34 +149,39 @@ impl Fixture {
             .expect("get")
     }
 
-    async fn total(&self) -> i64 {
-        let mut c = self.redis.pools.commands.get().await.expect("conn");
-        let v: Option<i64> = redis::cmd("HGET")
-            .arg(self.projector.keys().key("totals"))
-            .arg("events")
-            .query_async(&mut *c)
-            .await
-            .expect("hget");
-        v.unwrap_or(0)
+    fn dead_letters(&self) -> DeadLetters {
+        DeadLetters::new(
+            self.redis.pools.clone(),
+            Arc::new(Logging {
+                broken: self.broken.clone(),
+            }),
+            1,
+        )
+    }
+
+    /// Retries until nothing is due for `d`.
+    async fn settle(&self, d: Duration) {
+        let until = Instant::now() + d;
+        while Instant::now() < until {
+            self.projector.retry_due().await.expect("retry");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
 
 #[tokio::test]
 async fn a_batch_is_applied_in_order_and_leaves_the_group_idle() {
-    let f = Fixture::new().await;
+    let f = Fixture::new(1).await;
     let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
     f.publish(&[
-        envelope(a, 1, "task.x"),
-        envelope(b, 1, "task.x"),
-        envelope(a, 2, "task.x"),
-        envelope(a, 3, "task.x"),
+        envelope(a, 1, "task.updated"),
+        envelope(b, 1, "task.updated"),
+        envelope(a, 2, "task.updated"),
+        envelope(a, 3, "task.updated"),
     ])
     .await;
     let report = f.projector.consume_once(None).await.expect("consume");
-    assert_eq!(
-        (report.delivered, report.applied, report.unfinished()),
-        (4, 4, 0)
-    );
+    assert_eq!((report.delivered, report.applied), (4, 4));
     assert_eq!(f.log(a).await.as_deref(), Some("1,2,3"));
     assert_eq!(f.log(b).await.as_deref(), Some("1"));
     assert_eq!(
@@ -154,17 +193,18 @@ async fn a_batch_is_applied_in_order_and_leaves_the_group_idle() {
 
 #[tokio::test]
 async fn republished_events_change_nothing() {
-    let f = Fixture::new().await;
+    let f = Fixture::new(1).await;
     let a = Uuid::now_v7();
-    let events = [envelope(a, 1, "task.x"), envelope(a, 2, "task.x")];
+    let events = [
+        envelope(a, 1, "task.updated"),
+        envelope(a, 2, "task.updated"),
+    ];
     f.publish(&events).await;
     f.projector.consume_once(None).await.expect("consume");
-    // The relay crashed after XADD and published the same events again.
     f.publish(&events).await;
     let report = f.projector.consume_once(None).await.expect("consume");
     assert_eq!((report.applied, report.duplicates), (0, 2));
     assert_eq!(f.log(a).await.as_deref(), Some("1,2"));
-    assert_eq!(f.total().await, 2);
     assert_eq!(
         f.projector.observe_lag().await.expect("lag"),
         (0, 0),
@@ -174,83 +214,363 @@ async fn republished_events_change_nothing() {
 
 #[tokio::test]
 async fn an_event_ahead_of_its_predecessor_waits_then_applies() {
-    let f = Fixture::new().await;
+    let f = Fixture::new(1).await;
     let a = Uuid::now_v7();
-    f.publish(&[envelope(a, 2, "task.x")]).await;
+    f.publish(&[envelope(a, 2, "task.updated")]).await;
     let report = f.projector.consume_once(None).await.expect("consume");
-    assert_eq!((report.applied, report.waiting), (0, 1));
-    assert_eq!(f.log(a).await, None);
-    f.publish(&[envelope(a, 1, "task.x")]).await;
+    assert_eq!((report.applied, report.retrying), (0, 1));
+    f.publish(&[envelope(a, 1, "task.updated")]).await;
     f.projector.consume_once(None).await.expect("consume");
-    assert_eq!(f.projector.retry_pending().await.expect("retry"), 0);
+    f.settle(Duration::from_millis(300)).await;
     assert_eq!(f.log(a).await.as_deref(), Some("1,2"));
+    assert_eq!(f.projector.observe_lag().await.expect("lag"), (0, 0));
 }
 
 #[tokio::test]
-async fn failing_and_malformed_entries_stay_pending_and_block_only_their_aggregate() {
-    let f = Fixture::new().await;
+async fn poison_is_retried_with_growing_delays_then_dead_lettered_and_its_aggregate_parked() {
+    let f = Fixture::new(1).await;
     let (bad, good) = (Uuid::now_v7(), Uuid::now_v7());
     f.publish(&[
-        envelope(bad, 1, "task.poison"),
-        envelope(bad, 2, "task.x"),
-        envelope(good, 1, "task.x"),
+        envelope(bad, 1, "task.updated"),
+        envelope(bad, 2, "task.poison"),
+        envelope(bad, 3, "task.updated"),
+        envelope(good, 1, "task.updated"),
     ])
     .await;
-    f.publish_raw(&["{not json".to_owned()]).await;
-    let report = f.projector.consume_once(None).await.expect("consume");
-    assert_eq!((report.applied, report.failed, report.waiting), (1, 2, 1));
-    assert_eq!(f.log(good).await.as_deref(), Some("1"));
+    let first = f.projector.consume_once(None).await.expect("consume");
     assert_eq!(
-        f.log(bad).await,
-        None,
-        "later events of a failing aggregate wait"
+        (first.applied, first.retrying, first.waiting),
+        (2, 1, 1),
+        "{first:?}"
     );
     assert_eq!(
-        f.projector.retry_pending().await.expect("retry"),
-        3,
-        "never acknowledged without being applied"
+        f.log(good).await.as_deref(),
+        Some("1"),
+        "other aggregates keep flowing"
     );
-    assert_eq!(f.projector.observe_lag().await.expect("lag"), (0, 3));
+
+    // Retries: deliveries 2, 3, 4 at ≥ 40, 80, 160 ms after the previous one; then the dead
+    // letters. Meanwhile the follower (v3) waits without using attempts.
+    let started = Instant::now();
+    let mut dead_at = None;
+    while dead_at.is_none() && started.elapsed() < Duration::from_secs(5) {
+        let r = f.projector.retry_due().await.expect("retry");
+        if r.dead_lettered > 0 {
+            dead_at = Some(started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let dead_at = dead_at.expect("dead-lettered in time");
+    assert!(
+        dead_at >= Duration::from_millis(40 + 80 + 160),
+        "backoff grows: {dead_at:?}"
+    );
+    f.settle(Duration::from_millis(200)).await;
+    f.publish(&[
+        envelope(bad, 4, "task.updated"),
+        envelope(good, 2, "task.updated"),
+    ])
+    .await;
+    f.projector.consume_once(None).await.expect("consume");
+
+    let letters = f.dead_letters().list(None, 10).await.expect("list");
+    let summary: Vec<(String, String)> = letters
+        .iter()
+        .map(|d| {
+            let e = EventEnvelope::from_json(d.field("event").as_bytes()).expect("event");
+            (
+                format!("v{}", e.aggregate_version),
+                d.field("error_type").to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            ("v2".into(), "malformed_payload".into()),
+            ("v3".into(), "parked".into()),
+            ("v4".into(), "parked".into())
+        ]
+    );
+    assert_eq!(letters[0].field("attempts"), "4");
+    assert_eq!(letters[0].field("parked_behind"), "");
+    let head_event = EventEnvelope::from_json(letters[0].field("event").as_bytes())
+        .expect("event")
+        .event_id
+        .to_string();
+    assert_eq!(letters[1].field("parked_behind"), head_event);
+    assert_eq!(
+        f.log(bad).await.as_deref(),
+        Some("1"),
+        "nothing of the parked aggregate applied"
+    );
+    assert_eq!(f.log(good).await.as_deref(), Some("1,2"));
+    assert_eq!(
+        f.projector.observe_lag().await.expect("lag"),
+        (0, 0),
+        "everything acknowledged: applied or dead-lettered"
+    );
+    let stats = f.dead_letters().stats().await.expect("stats");
+    assert_eq!(
+        (stats.total, stats.by_error_type.get("parked").copied()),
+        (3, Some(2))
+    );
+
+    // A follower cannot be discarded before its head; after the fix, a re-drive applies the
+    // chain in order and unparks the aggregate.
+    let err = f
+        .dead_letters()
+        .discard(&letters[1].id)
+        .await
+        .expect_err("not the head");
+    assert!(matches!(err, DeadLetterError::NotHead(..)), "{err:?}");
+    let err = f
+        .dead_letters()
+        .redrive(&letters[2].id)
+        .await
+        .expect_err("still broken");
+    assert!(
+        matches!(err, DeadLetterError::StillFailing { .. }),
+        "{err:?}"
+    );
+    f.broken.store(false, Ordering::SeqCst);
+    let done = f
+        .dead_letters()
+        .redrive(&letters[2].id)
+        .await
+        .expect("redrive");
+    assert_eq!((done.applied, done.unparked), (3, 1));
+    assert_eq!(f.log(bad).await.as_deref(), Some("1,2,3,4"));
+    assert!(
+        f.dead_letters()
+            .list(None, 10)
+            .await
+            .expect("list")
+            .is_empty()
+    );
+    f.publish(&[envelope(bad, 5, "task.updated")]).await;
+    f.projector.consume_once(None).await.expect("consume");
+    assert_eq!(
+        f.log(bad).await.as_deref(),
+        Some("1,2,3,4,5"),
+        "unparked: live events apply again"
+    );
 }
 
 #[tokio::test]
-async fn the_loop_recreates_a_lost_group_and_stops_on_shutdown() {
-    let f = Arc::new(Fixture::new().await);
-    let shutdown = CancellationToken::new();
-    let run = {
-        let f = f.clone();
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move { f.projector.run(shutdown).await })
-    };
-    let a = Uuid::now_v7();
-    f.publish(&[envelope(a, 1, "task.x")]).await;
-    eventually(Duration::from_secs(5), "first event applied", || async {
-        f.log(a).await.filter(|l| l == "1")
-    })
+async fn discarding_the_head_lets_the_rest_of_the_chain_apply() {
+    let f = Fixture::new(1).await;
+    let bad = Uuid::now_v7();
+    f.publish(&[
+        envelope(bad, 1, "task.poison"),
+        envelope(bad, 2, "task.updated"),
+        envelope(bad, 3, "task.updated"),
+    ])
     .await;
-    // Redis loses the stream and its group (a restart without persistence).
-    {
-        let mut c = f.redis.pools.commands.get().await.expect("conn");
-        let _: i64 = redis::cmd("DEL")
-            .arg(f.stream())
-            .query_async(&mut *c)
-            .await
-            .expect("del");
-    }
-    let b = Uuid::now_v7();
+    f.projector.consume_once(None).await.expect("consume");
     eventually(
         Duration::from_secs(5),
-        "group recreated and new event applied",
+        "dead-lettered and parked",
         || async {
-            f.publish(&[envelope(b, 1, "task.x")]).await;
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            f.log(b).await
+            f.projector.retry_due().await.expect("retry");
+            (f.dead_letters().list(None, 10).await.expect("list").len() == 3).then_some(())
         },
     )
+    .await;
+    let head = f
+        .dead_letters()
+        .list(None, 1)
+        .await
+        .expect("list")
+        .remove(0);
+    let done = f.dead_letters().discard(&head.id).await.expect("discard");
+    assert_eq!((done.discarded, done.applied, done.unparked), (1, 2, 1));
+    assert_eq!(
+        f.log(bad).await.as_deref(),
+        Some("2,3"),
+        "the discarded event's version is skipped"
+    );
+}
+
+#[tokio::test]
+async fn unreadable_and_foreign_entries_go_straight_to_the_dead_letters() {
+    let f = Fixture::new(1).await;
+    let stream = f.redis.pools.keys.routing(1).stream("task", 0);
+    f.publish_raw(&[(stream.clone(), "{not json".to_owned())])
+        .await;
+    let foreign = EventContext::new(None, None, "t").envelope(
+        "Post",
+        Uuid::now_v7(),
+        1,
+        "community.post.created",
+        serde_json::json!({}),
+    );
+    f.publish_raw(&[(stream, foreign.to_json())]).await;
+    let report = f.projector.consume_once(None).await.expect("consume");
+    assert_eq!(
+        (report.dead_lettered, report.retrying),
+        (2, 0),
+        "no retries for what can never work"
+    );
+    let types: Vec<String> = f
+        .dead_letters()
+        .list(None, 10)
+        .await
+        .expect("list")
+        .iter()
+        .map(|d| d.field("error_type").to_owned())
+        .collect();
+    assert_eq!(types, vec!["malformed_envelope", "unknown_event_type"]);
+    assert_eq!(f.projector.observe_lag().await.expect("lag"), (0, 0));
+}
+
+#[tokio::test]
+async fn replicas_split_partitions_and_a_new_owner_takes_over_pending_work() {
+    let f = Fixture::new(4).await;
+    let b = f.another("r2");
+    b.ensure_groups().await.expect("groups");
+    // Both tick until the shares settle at 2 + 2.
+    for _ in 0..3 {
+        f.projector.tick_leases().await.expect("a");
+        b.tick_leases().await.expect("b");
+    }
+    let (mine, theirs) = (f.projector.held(), b.held());
+    assert_eq!((mine.len(), theirs.len()), (2, 2), "{mine:?} {theirs:?}");
+    assert!(mine.iter().all(|p| !theirs.contains(p)));
+
+    // r1 reads events of its partitions but dies before applying them (reads, never acks).
+    let ids: Vec<Uuid> = (0..40).map(|_| Uuid::now_v7()).collect();
+    f.publish(
+        &ids.iter()
+            .map(|id| envelope(*id, 1, "task.updated"))
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    {
+        let streams: Vec<String> = mine
+            .iter()
+            .map(|p| f.redis.pools.keys.routing(4).stream("task", *p))
+            .collect();
+        let mut c = f.redis.pools.commands.get().await.expect("conn");
+        let got = streams::consumer::read_group(
+            &mut *c,
+            "task_projection_group",
+            "r1",
+            &streams,
+            streams::consumer::ReadFrom::New,
+            100,
+            None,
+        )
+        .await
+        .expect("read");
+        assert!(!got.is_empty());
+    }
+    // Its leases expire; r2 takes everything over, claims r1's pending entries and applies them.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    b.tick_leases().await.expect("takeover");
+    assert_eq!(b.held(), vec![0, 1, 2, 3]);
+    b.consume_once(None).await.expect("consume");
+    for id in &ids {
+        assert_eq!(f.log(*id).await.as_deref(), Some("1"), "{id}");
+    }
+    assert_eq!(b.observe_lag().await.expect("lag"), (0, 0));
+    // r1 is gone and has nothing pending: it is removed from the group.
+    assert!(b.remove_dead_consumers().await.expect("cleanup") >= 1);
+    // And r1, were it to come back with stale state, cannot apply: its lease is gone.
+    f.publish(&[envelope(ids[0], 2, "task.updated")]).await;
+    let report = f.projector.consume_once(None).await.expect("stale consume");
+    assert_eq!(report.applied, 0);
+}
+
+#[tokio::test]
+async fn a_paused_projector_applies_nothing_and_catches_up_on_resume() {
+    let f = Fixture::new(1).await;
+    let (tx, rx) = tokio::sync::watch::channel(DesiredState::Paused);
+    let shutdown = CancellationToken::new();
+    let run = {
+        let (p, s) = (f.projector.clone(), shutdown.clone());
+        tokio::spawn(async move { p.run(rx, s).await })
+    };
+    let a = Uuid::now_v7();
+    f.publish(&[
+        envelope(a, 1, "task.updated"),
+        envelope(a, 2, "task.updated"),
+    ])
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(f.log(a).await, None, "nothing applied while paused");
+    tx.send(DesiredState::Running).expect("resume");
+    eventually(Duration::from_secs(3), "caught up", || async {
+        f.log(a).await.filter(|l| l == "1,2")
+    })
     .await;
     shutdown.cancel();
     tokio::time::timeout(Duration::from_secs(3), run)
         .await
         .expect("stops promptly")
         .expect("task");
+    let mut c = f.redis.pools.commands.get().await.expect("conn");
+    let lease: Option<String> = redis::cmd("GET")
+        .arg(streams::lease::lease_key(
+            &f.redis.pools.keys,
+            "task_projection",
+            0,
+        ))
+        .query_async(&mut *c)
+        .await
+        .expect("get");
+    assert_eq!(lease, None, "leases released on shutdown");
+}
+
+#[tokio::test]
+async fn replay_rebuilds_a_lost_read_model_from_event_store() {
+    let db = TestDb::new().await;
+    let f = Fixture::with_db(1, Some(db.pool.clone())).await;
+    f.broken.store(false, Ordering::SeqCst);
+    let ids: Vec<Uuid> = (0..5).map(|_| Uuid::now_v7()).collect();
+    {
+        let mut c = db.pool.get().await.expect("pg");
+        let tx = c.transaction().await.expect("tx");
+        let events: Vec<EventEnvelope> = ids
+            .iter()
+            .flat_map(|id| (1..=3).map(|v| envelope(*id, v, "task.updated")))
+            .collect();
+        outbox::append_events(&tx, &events, 1)
+            .await
+            .expect("append");
+        tx.commit().await.expect("commit");
+    }
+    // First start: no marker, so the read model is built from history.
+    assert!(
+        !f.projector.heal_if_needed().await.expect("heal"),
+        "ready after healing"
+    );
+    for id in &ids {
+        assert_eq!(f.log(*id).await.as_deref(), Some("1,2,3"));
+    }
+    // Redis loses the read model (its keys, marker included): the next check rebuilds it.
+    {
+        let mut c = f.redis.pools.commands.get().await.expect("conn");
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}rm:*", f.redis.prefix))
+            .query_async(&mut *c)
+            .await
+            .expect("keys");
+        let _: i64 = redis::cmd("DEL")
+            .arg(&keys)
+            .query_async(&mut *c)
+            .await
+            .expect("del");
+    }
+    assert_eq!(f.log(ids[0]).await, None);
+    f.projector.heal_if_needed().await.expect("heal");
+    for id in &ids {
+        assert_eq!(f.log(*id).await.as_deref(), Some("1,2,3"), "rebuilt {id}");
+    }
+    // The primitive on its own: replaying again changes nothing (all duplicates).
+    let again = f.projector.replay(0, |_| {}).await.expect("replay");
+    assert_eq!(
+        (again.events, again.batch.applied, again.batch.duplicates),
+        (15, 0, 15)
+    );
 }

@@ -106,6 +106,10 @@ pub struct ApplyItem {
     /// `(stream, group, entry id)` to acknowledge in the same step; `None` when replaying
     /// history that did not come from a stream.
     pub ack: Option<(String, String, String)>,
+    /// `(lease key, owner)`: apply only if `owner` still holds the lease, checked in the same
+    /// atomic step. `None` for writers that hold no lease (replays, re-drives of a parked
+    /// aggregate, which no consumer touches).
+    pub fence: Option<(String, String)>,
 }
 
 /// What the script did with one item.
@@ -123,14 +127,20 @@ pub enum ApplyOutcome {
         /// The applied version found.
         current: i64,
     },
+    /// The caller no longer holds the partition's lease: nothing changed, not acknowledged.
+    Fenced,
     /// Redis refused the script (a key of the wrong type, say): nothing changed.
     Rejected(String),
 }
 
 const SCRIPT: &str = r"
--- KEYS[1] versions hash, KEYS[2] stream (or unused), KEYS[3..] keys written by the ops.
+-- KEYS[1] versions hash, KEYS[2] stream (or unused), KEYS[3] lease (or unused),
+-- KEYS[4..] keys written by the ops.
 -- ARGV[1] group, ARGV[2] entry id ('' = no ack), ARGV[3] aggregate id, ARGV[4] version,
--- ARGV[5] op count, then per op: name, key index, arguments.
+-- ARGV[5] lease owner ('' = no fence), ARGV[6] op count, then per op: name, key index, args.
+if ARGV[5] ~= '' and redis.call('GET', KEYS[3]) ~= ARGV[5] then
+  return {3, 0}
+end
 local current = tonumber(redis.call('HGET', KEYS[1], ARGV[3]) or '0')
 local version = tonumber(ARGV[4])
 local function ack()
@@ -145,9 +155,9 @@ if version ~= current + 1 then
 end
 local arity = {SET = 1, DEL = 0, ZADD = 2, ZREM = 1, HINCRBY = 2, HSET = 2, HDEL = 1}
 local want = {SET = 'string', DEL = nil, ZADD = 'zset', ZREM = 'zset', HINCRBY = 'hash', HSET = 'hash', HDEL = 'hash'}
-local n = tonumber(ARGV[5])
+local n = tonumber(ARGV[6])
 -- Pass 1: check every key's type, so that pass 2 cannot fail half-way.
-local i = 6
+local i = 7
 for _ = 1, n do
   local op, key = ARGV[i], KEYS[tonumber(ARGV[i + 1])]
   if arity[op] == nil then return redis.error_reply('unknown op ' .. tostring(op)) end
@@ -162,7 +172,7 @@ for _ = 1, n do
   i = i + 2 + arity[op]
 end
 -- Pass 2: write.
-i = 6
+i = 7
 for _ = 1, n do
   local op, key = ARGV[i], KEYS[tonumber(ARGV[i + 1])]
   if op == 'SET' then redis.call('SET', key, ARGV[i + 2])
@@ -190,12 +200,18 @@ fn eval_cmd(item: &ApplyItem) -> redis::Cmd {
         None => ("", "", item.versions_key.as_str()),
     };
     keys.push(stream);
+    let (lease, owner) = match &item.fence {
+        Some((lease, owner)) => (lease.as_str(), owner.as_str()),
+        None => (item.versions_key.as_str(), ""),
+    };
+    keys.push(lease);
     let mut index: HashMap<&str, usize> = HashMap::new();
     let mut args: Vec<String> = vec![
         group.to_owned(),
         entry.to_owned(),
         item.aggregate_id.to_string(),
         item.version.to_string(),
+        owner.to_owned(),
         item.ops.len().to_string(),
     ];
     for op in &item.ops {
@@ -298,6 +314,7 @@ fn parse_outcome(reply: Value) -> Result<ApplyOutcome, StreamError> {
             [Value::Int(code), Value::Int(current)] => Ok(match code {
                 1 => ApplyOutcome::Applied,
                 0 => ApplyOutcome::Duplicate { current: *current },
+                3 => ApplyOutcome::Fenced,
                 _ => ApplyOutcome::Gap { current: *current },
             }),
             other => Err(StreamError::Malformed(format!("apply reply {other:?}"))),

@@ -17,6 +17,9 @@ pub struct Delivery {
     /// The JSON envelope; `None` when the entry is pending but no longer in the stream (it was
     /// deleted or trimmed), or carries no envelope field.
     pub envelope: Option<Vec<u8>>,
+    /// How many times the group has delivered it, this delivery included (Redis counts, so the
+    /// number survives restarts). 1 for a first delivery.
+    pub deliveries: u64,
 }
 
 /// Where a read starts.
@@ -160,6 +163,7 @@ fn parse_read_reply(reply: Value) -> Result<Vec<Delivery>, StreamError> {
                 stream: stream.clone(),
                 entry_id,
                 envelope,
+                deliveries: 1,
             });
         }
     }
@@ -184,6 +188,267 @@ fn field(fields: &Value, name: &str) -> Option<Vec<u8>> {
         [Value::BulkString(k), Value::BulkString(v)] if k == name.as_bytes() => Some(v.clone()),
         _ => None,
     })
+}
+
+/// A pending entry, as `XPENDING` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pending {
+    /// Entry id.
+    pub id: String,
+    /// The consumer it is pending with.
+    pub consumer: String,
+    /// Milliseconds since its last delivery.
+    pub idle_ms: u64,
+    /// Deliveries so far.
+    pub deliveries: u64,
+}
+
+/// Entries pending with `consumer` on `stream` that have been idle at least `min_idle`, oldest
+/// first, at most `count`.
+///
+/// # Errors
+/// [`StreamError`] when Redis fails ([`StreamError::NoGroup`] when the group is gone).
+pub async fn pending(
+    conn: &mut impl redis::aio::ConnectionLike,
+    stream: &str,
+    group: &str,
+    consumer: &str,
+    min_idle: Duration,
+    count: usize,
+) -> Result<Vec<Pending>, StreamError> {
+    let rows: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
+        .arg(stream)
+        .arg(group)
+        .arg("IDLE")
+        .arg(min_idle.as_millis() as u64)
+        .arg("-")
+        .arg("+")
+        .arg(count)
+        .arg(consumer)
+        .query_async(conn)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, consumer, idle_ms, deliveries)| Pending {
+            id,
+            consumer,
+            idle_ms,
+            deliveries,
+        })
+        .collect())
+}
+
+/// Claims `entries` for `consumer` (`XCLAIM`, which counts as a delivery) and returns them with
+/// their new delivery counts. Entries no longer in the stream are dropped from the pending
+/// list by Redis and not returned.
+///
+/// # Errors
+/// [`StreamError`] when Redis fails.
+pub async fn claim(
+    conn: &mut impl redis::aio::ConnectionLike,
+    stream: &str,
+    group: &str,
+    consumer: &str,
+    entries: &[Pending],
+) -> Result<Vec<Delivery>, StreamError> {
+    if entries.is_empty() {
+        return Ok(vec![]);
+    }
+    let reply: Value = redis::cmd("XCLAIM")
+        .arg(stream)
+        .arg(group)
+        .arg(consumer)
+        .arg(0)
+        .arg(entries.iter().map(|p| p.id.as_str()).collect::<Vec<_>>())
+        .query_async(conn)
+        .await?;
+    let mut out = parse_entries(stream, reply)?;
+    for d in &mut out {
+        d.deliveries = entries
+            .iter()
+            .find(|p| p.id == d.entry_id)
+            .map_or(1, |p| p.deliveries + 1);
+    }
+    Ok(out)
+}
+
+/// Claims every entry of `stream` pending with other consumers of `group` (`XAUTOCLAIM` from
+/// the start, until done): what a replica does when it takes a partition over, so the previous
+/// owner's unfinished work is not stranded. Returns the claimed entries with their delivery
+/// counts.
+///
+/// # Errors
+/// [`StreamError`] when Redis fails.
+pub async fn claim_all(
+    conn: &mut impl redis::aio::ConnectionLike,
+    stream: &str,
+    group: &str,
+    consumer: &str,
+) -> Result<Vec<Delivery>, StreamError> {
+    // Delivery counts are read first: XAUTOCLAIM does not report them.
+    let mut counts: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+    let mut start = "-".to_owned();
+    loop {
+        let rows: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
+            .arg(stream)
+            .arg(group)
+            .arg(&start)
+            .arg("+")
+            .arg(1000)
+            .query_async(conn)
+            .await?;
+        let Some(last) = rows.last().map(|r| r.0.clone()) else {
+            break;
+        };
+        for (id, _owner, _idle, deliveries) in rows {
+            counts.insert(id, deliveries);
+        }
+        start = format!("({last}");
+    }
+    let mut out = Vec::new();
+    let mut cursor = "0-0".to_owned();
+    loop {
+        let reply: Value = redis::cmd("XAUTOCLAIM")
+            .arg(stream)
+            .arg(group)
+            .arg(consumer)
+            .arg(0)
+            .arg(&cursor)
+            .arg("COUNT")
+            .arg(500)
+            .query_async(conn)
+            .await?;
+        let Value::Array(mut parts) = reply else {
+            return Err(StreamError::Malformed("XAUTOCLAIM reply".into()));
+        };
+        if parts.len() < 2 {
+            return Err(StreamError::Malformed("XAUTOCLAIM reply".into()));
+        }
+        let entries = parts.remove(1);
+        cursor = string(&parts[0])?;
+        let mut claimed = parse_entries(stream, entries)?;
+        for d in &mut claimed {
+            d.deliveries = counts.get(&d.entry_id).map_or(1, |c| c + 1);
+        }
+        out.extend(claimed);
+        if cursor == "0-0" {
+            return Ok(out);
+        }
+    }
+}
+
+fn parse_entries(stream: &str, reply: Value) -> Result<Vec<Delivery>, StreamError> {
+    let Value::Array(entries) = reply else {
+        return Ok(vec![]);
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        // Redis 6 answered nil for entries deleted from the stream; skip them.
+        let Value::Array(mut parts) = entry else {
+            continue;
+        };
+        let fields_value = if parts.len() == 2 { parts.pop() } else { None };
+        let entry_id = string(parts.first().unwrap_or(&Value::Nil))?;
+        let envelope = fields_value.and_then(|f| field(&f, fields::ENVELOPE));
+        out.push(Delivery {
+            stream: stream.to_owned(),
+            entry_id,
+            envelope,
+            deliveries: 1,
+        });
+    }
+    Ok(out)
+}
+
+/// A consumer of a group, as `XINFO CONSUMERS` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerInfo {
+    /// Name.
+    pub name: String,
+    /// Entries pending with it.
+    pub pending: u64,
+    /// Milliseconds since it last interacted.
+    pub idle_ms: u64,
+}
+
+/// The consumers of `group` on `stream` (empty when the stream or group is missing).
+///
+/// # Errors
+/// [`StreamError`] when Redis fails.
+pub async fn consumers(
+    conn: &mut impl redis::aio::ConnectionLike,
+    stream: &str,
+    group: &str,
+) -> Result<Vec<ConsumerInfo>, StreamError> {
+    let reply: Result<Vec<Value>, redis::RedisError> = redis::cmd("XINFO")
+        .arg("CONSUMERS")
+        .arg(stream)
+        .arg(group)
+        .query_async(conn)
+        .await;
+    let rows = match reply {
+        Ok(rows) => rows,
+        Err(e) if e.to_string().contains("no such key") || e.code() == Some("NOGROUP") => {
+            return Ok(vec![]);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let mut out = Vec::new();
+    for row in rows {
+        let pairs: Vec<(String, Value)> = match row {
+            Value::Array(items) => items
+                .chunks(2)
+                .filter_map(|kv| match kv {
+                    [k, v] => string(k).ok().map(|k| (k, v.clone())),
+                    _ => None,
+                })
+                .collect(),
+            Value::Map(items) => items
+                .into_iter()
+                .filter_map(|(k, v)| string(&k).ok().map(|k| (k, v)))
+                .collect(),
+            _ => continue,
+        };
+        let get = |name: &str| {
+            pairs
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        };
+        let int = |v: Option<Value>| match v {
+            Some(Value::Int(i)) => u64::try_from(i).unwrap_or(0),
+            _ => 0,
+        };
+        out.push(ConsumerInfo {
+            name: get("name")
+                .and_then(|v| string(&v).ok())
+                .unwrap_or_default(),
+            pending: int(get("pending")),
+            idle_ms: int(get("idle")),
+        });
+    }
+    Ok(out)
+}
+
+/// Removes `consumer` from `group` (its pending entries, if any, are dropped with it: only call
+/// this for consumers with none).
+///
+/// # Errors
+/// [`StreamError`] when Redis fails.
+pub async fn delete_consumer(
+    conn: &mut impl redis::aio::ConnectionLike,
+    stream: &str,
+    group: &str,
+    consumer: &str,
+) -> Result<(), StreamError> {
+    let _: i64 = redis::cmd("XGROUP")
+        .arg("DELCONSUMER")
+        .arg(stream)
+        .arg(group)
+        .arg(consumer)
+        .query_async(conn)
+        .await?;
+    Ok(())
 }
 
 /// `XACK`s `ids` on `stream`. Returns how many were pending.
@@ -280,12 +545,14 @@ mod tests {
                 Delivery {
                     stream: "s".into(),
                     entry_id: "1-0".into(),
-                    envelope: Some(b"{}".to_vec())
+                    envelope: Some(b"{}".to_vec()),
+                    deliveries: 1
                 },
                 Delivery {
                     stream: "s".into(),
                     entry_id: "2-0".into(),
-                    envelope: None
+                    envelope: None,
+                    deliveries: 1
                 },
             ]
         );

@@ -7,8 +7,10 @@
 
 pub mod apply;
 pub mod consumer;
+pub mod dlq;
 pub mod error;
 pub mod keys;
+pub mod lease;
 pub mod pool;
 pub mod publisher;
 pub mod retention;

@@ -29,6 +29,7 @@ fn item(
         version,
         ops,
         ack,
+        fence: None,
     }
 }
 
@@ -241,4 +242,30 @@ async fn an_unreachable_redis_is_unavailable_not_a_bug() {
     let pools = streams::RedisPools::connect(&settings).expect("pools");
     let err = pools.ping().await.expect_err("nothing listens there");
     assert!(err.is_unavailable(), "{err:?}");
+}
+
+#[tokio::test]
+async fn a_replica_without_the_lease_cannot_apply() {
+    let r = TestRedis::new().await;
+    let a = Uuid::now_v7();
+    let lease = format!("{}lease", r.prefix);
+    let mut c = r.pools.commands.get().await.expect("conn");
+    let _: () = streams::redis::cmd("SET")
+        .arg(&lease)
+        .arg("replica-b")
+        .query_async(&mut *c)
+        .await
+        .expect("set");
+    let mut stale = item(&r, a, 1, vec![set(&r, "v", "from a")], None);
+    stale.fence = Some((lease.clone(), "replica-a".into()));
+    let mut current = item(&r, a, 1, vec![set(&r, "v", "from b")], None);
+    current.fence = Some((lease, "replica-b".into()));
+    let out = apply_batch(&mut *c, &[stale, current])
+        .await
+        .expect("apply");
+    assert_eq!(out, vec![ApplyOutcome::Fenced, ApplyOutcome::Applied]);
+    assert_eq!(
+        get(&r, &format!("{}v", r.prefix)).await.as_deref(),
+        Some("from b")
+    );
 }

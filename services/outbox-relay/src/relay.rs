@@ -456,7 +456,7 @@ async fn listen(
     let wake_all = |w: &Vec<Notify>| w.iter().for_each(Notify::notify_one);
     while !shutdown.is_cancelled() {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-        match Listener::start(&pg, tx).await {
+        match Listener::start(&pg, &outbox::notify_channel(&pg.schema), tx).await {
             Ok(mut l) => {
                 backoff.reset();
                 // Subscribed: look once for work committed before the subscription existed.

@@ -43,16 +43,28 @@ pub struct Settings {
     /// Listen address of /healthz, /readyz, /metrics.
     #[arg(long, env = "HTTP_ADDR", default_value = "0.0.0.0:9102")]
     pub http_addr: SocketAddr,
-    /// Consumer name in the groups; keep it stable across restarts (the pod or host name) so a
-    /// restarted worker finds its own pending entries. Default: the host name.
+    /// This replica's name: its consumer name and lease owner. Keep it stable across restarts
+    /// (the pod name) and unique among running replicas. Default: the host name.
     #[arg(long, env = "CONSUMER_NAME")]
     pub consumer_name: Option<String>,
     /// Entries per read, per stream.
     #[arg(long, env = "PROJECTOR_BATCH_SIZE", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub projector_batch_size: u64,
     /// How long one read waits for new entries, milliseconds.
-    #[arg(long, env = "PROJECTOR_BLOCK_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=30_000))]
+    #[arg(long, env = "PROJECTOR_BLOCK_MS", default_value_t = 500, value_parser = clap::value_parser!(u64).range(10..=2_000))]
     pub projector_block_ms: u64,
+    /// Partition lease lifetime, milliseconds.
+    #[arg(long, env = "PROJECTOR_LEASE_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(300..=600_000))]
+    pub projector_lease_ms: u64,
+    /// Deliveries of a failing event before it is dead-lettered.
+    #[arg(long, env = "PROJECTOR_MAX_ATTEMPTS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub projector_max_attempts: u64,
+    /// First retry delay of a failing event, milliseconds (doubles per attempt).
+    #[arg(long, env = "PROJECTOR_RETRY_BASE_MS", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub projector_retry_base_ms: u64,
+    /// Longest retry delay, milliseconds.
+    #[arg(long, env = "PROJECTOR_RETRY_CAP_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    pub projector_retry_cap_ms: u64,
 }
 
 /// The projections this worker hosts.
@@ -72,6 +84,8 @@ fn host_name() -> String {
 /// A built worker.
 pub struct Application {
     projectors: Vec<Arc<Projector>>,
+    pg: outbox::PgSettings,
+    pool: outbox::Pool,
     server: server::Server,
     health: Health,
     port: u16,
@@ -83,12 +97,13 @@ impl Application {
     /// # Errors
     /// Bad settings, a schema behind this build, a busy port.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        let pool = outbox::connect(&settings.postgres.pg_settings("projector-worker"))?;
+        let pg = settings.postgres.pg_settings("projector-worker");
+        let pool = outbox::connect(&pg)?;
         outbox::migrate::ensure_current(&pool)
             .await
             .context("checking the database schema")?;
         let redis = RedisPools::connect(&settings.redis.redis_settings())?;
-        let consumer = settings.consumer_name.clone().unwrap_or_else(host_name);
+        let replica = settings.consumer_name.clone().unwrap_or_else(host_name);
         let projectors = projections()
             .into_iter()
             .map(|p| {
@@ -96,13 +111,17 @@ impl Application {
                     partitions: settings.streams.stream_partitions,
                     batch_size: usize::try_from(settings.projector_batch_size).unwrap_or(256),
                     block: Duration::from_millis(settings.projector_block_ms),
-                    ..ProjectorSettings::new(consumer.clone())
+                    lease_ttl: Duration::from_millis(settings.projector_lease_ms),
+                    max_attempts: settings.projector_max_attempts,
+                    retry_base: Duration::from_millis(settings.projector_retry_base_ms),
+                    retry_cap: Duration::from_millis(settings.projector_retry_cap_ms),
+                    ..ProjectorSettings::new(replica.clone())
                 };
-                Arc::new(Projector::new(redis.clone(), p, s))
+                Arc::new(Projector::new(redis.clone(), Some(pool.clone()), p, s))
             })
             .collect();
         let health = Health::new("projector-worker")
-            .with_postgres(pool)
+            .with_postgres(pool.clone())
             .with_redis(redis);
         let listener = server::bind(settings.http_addr)?;
         let port = listener.local_addr()?.port();
@@ -113,6 +132,8 @@ impl Application {
         let server = server::start(listener, options, health.clone(), |_| {})?;
         Ok(Self {
             projectors,
+            pg,
+            pool,
             server,
             health,
             port,
@@ -125,7 +146,8 @@ impl Application {
         self.port
     }
 
-    /// Consumes until `shutdown`; batches in hand are finished and acknowledged first.
+    /// Consumes until `shutdown`; batches in hand are finished and acknowledged first, and the
+    /// partition leases are released.
     ///
     /// # Errors
     /// The health server's IO error.
@@ -135,10 +157,22 @@ impl Application {
             self.health,
             shutdown.clone(),
         ));
+        let names: Vec<&str> = self
+            .projectors
+            .iter()
+            .map(|p| p.projection_name())
+            .collect();
+        let mut desired =
+            projection::control::watch_desired_states(self.pg, self.pool, &names, shutdown.clone());
         let runs = self.projectors.iter().map(|p| {
             let p = p.clone();
             let shutdown = shutdown.clone();
-            tokio::spawn(async move { p.run(shutdown).await })
+            let rx = desired.remove(p.projection_name());
+            tokio::spawn(async move {
+                if let Some(rx) = rx {
+                    p.run(rx, shutdown).await;
+                }
+            })
         });
         for r in futures::future::join_all(runs).await {
             r.context("projector task")?;

@@ -27,6 +27,10 @@ async fn task_events_on_every_partition_are_projected_and_shutdown_is_clean() {
         consumer_name: Some("worker-test".into()),
         projector_batch_size: 16,
         projector_block_ms: 100,
+        projector_lease_ms: 2000,
+        projector_max_attempts: 5,
+        projector_retry_base_ms: 100,
+        projector_retry_cap_ms: 10_000,
     };
     let app = Application::build(settings).await.expect("build");
     let port = app.port();

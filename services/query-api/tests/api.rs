@@ -56,10 +56,12 @@ async fn spawn_app() -> TestApp {
     tokio::spawn(app.run_until_stopped(shutdown.clone()));
     let projector = Projector::new(
         redis.pools.clone(),
+        None,
         Arc::new(task::TaskProjection),
         ProjectorSettings::new("q"),
     );
     projector.ensure_groups().await.expect("groups");
+    projector.tick_leases().await.expect("leases");
     TestApp {
         base,
         redis,

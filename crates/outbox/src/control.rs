@@ -1,0 +1,175 @@
+//! Projection control rows: the desired state operators set, and the heartbeats workers report.
+
+use deadpool_postgres::Pool;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::OutboxError;
+
+/// What operators want a projection to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DesiredState {
+    /// Consume and apply.
+    Running,
+    /// Apply nothing (leases are kept, so nobody else applies either).
+    Paused,
+}
+
+impl DesiredState {
+    /// The stored name.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Paused => "paused",
+        }
+    }
+}
+
+/// The NOTIFY channel of control changes in `schema`.
+#[must_use]
+pub fn control_channel(schema: &str) -> String {
+    format!("cqrs_control_{schema}")
+}
+
+/// A worker's report.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Heartbeat {
+    /// The projection.
+    pub projection: String,
+    /// The worker (replica) name.
+    pub worker: String,
+    /// `running`, `paused`, `rebuilding`, `stalled`, `error`, `stopped`.
+    pub status: String,
+    /// Partitions it holds.
+    pub partitions: Vec<i32>,
+    /// Events it applied since it started.
+    pub events_applied: i64,
+    /// The last event it applied.
+    pub last_event_id: Option<Uuid>,
+    /// When.
+    pub last_applied_at: Option<OffsetDateTime>,
+    /// The last error it met, if any.
+    pub last_error: Option<String>,
+    /// When it reported (set by the database on write).
+    pub heartbeat_at: Option<OffsetDateTime>,
+}
+
+/// Access to the `projections` and `projection_workers` tables.
+#[derive(Debug, Clone)]
+pub struct ControlStore {
+    pool: Pool,
+}
+
+impl ControlStore {
+    /// A store over `pool`.
+    #[must_use]
+    pub fn new(pool: Pool) -> Self {
+        Self { pool }
+    }
+
+    /// The desired state of `projection` (running when it has no row).
+    ///
+    /// # Errors
+    /// [`OutboxError`] when PostgreSQL fails.
+    pub async fn desired_state(&self, projection: &str) -> Result<DesiredState, OutboxError> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_opt(
+                "SELECT desired_state FROM projections WHERE name = $1",
+                &[&projection],
+            )
+            .await?;
+        Ok(match row.as_ref().map(|r| r.get::<_, &str>(0)) {
+            Some("paused") => DesiredState::Paused,
+            _ => DesiredState::Running,
+        })
+    }
+
+    /// Sets the desired state (the trigger notifies the workers). Returns whether the
+    /// projection exists.
+    ///
+    /// # Errors
+    /// [`OutboxError`] when PostgreSQL fails.
+    pub async fn set_desired_state(
+        &self,
+        projection: &str,
+        state: DesiredState,
+    ) -> Result<bool, OutboxError> {
+        let client = self.pool.get().await?;
+        let n = client
+            .execute(
+                "UPDATE projections SET desired_state = $2, updated_at = now() WHERE name = $1",
+                &[&projection, &state.as_str()],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
+    /// Records a worker's heartbeat.
+    ///
+    /// # Errors
+    /// [`OutboxError`] when PostgreSQL fails.
+    pub async fn heartbeat(&self, h: &Heartbeat) -> Result<(), OutboxError> {
+        let client = self.pool.get().await?;
+        let stmt = client
+            .prepare_cached(
+                "INSERT INTO projection_workers (projection, worker, status, partitions, events_applied,
+                                                 last_event_id, last_applied_at, last_error, heartbeat_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now())
+                 ON CONFLICT (projection, worker) DO UPDATE SET
+                     status = EXCLUDED.status, partitions = EXCLUDED.partitions,
+                     events_applied = EXCLUDED.events_applied,
+                     last_event_id = coalesce(EXCLUDED.last_event_id, projection_workers.last_event_id),
+                     last_applied_at = coalesce(EXCLUDED.last_applied_at, projection_workers.last_applied_at),
+                     last_error = EXCLUDED.last_error, heartbeat_at = now()",
+            )
+            .await?;
+        client
+            .execute(
+                &stmt,
+                &[
+                    &h.projection,
+                    &h.worker,
+                    &h.status,
+                    &h.partitions,
+                    &h.events_applied,
+                    &h.last_event_id,
+                    &h.last_applied_at,
+                    &h.last_error,
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// The heartbeats of `projection`'s workers, freshest first.
+    ///
+    /// # Errors
+    /// [`OutboxError`] when PostgreSQL fails.
+    pub async fn workers(&self, projection: &str) -> Result<Vec<Heartbeat>, OutboxError> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                "SELECT projection, worker, status, partitions, events_applied, last_event_id,
+                        last_applied_at, last_error, heartbeat_at
+                 FROM projection_workers WHERE projection = $1 ORDER BY heartbeat_at DESC",
+                &[&projection],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| Heartbeat {
+                projection: r.get(0),
+                worker: r.get(1),
+                status: r.get(2),
+                partitions: r.get(3),
+                events_applied: r.get(4),
+                last_event_id: r.get(5),
+                last_applied_at: r.get(6),
+                last_error: r.get(7),
+                heartbeat_at: r.get(8),
+            })
+            .collect())
+    }
+}
