@@ -9,7 +9,7 @@ help:
 	@echo "make lint     rustfmt check + clippy with warnings as errors"
 	@echo "make bench    throughput and latency next to this machine's limits (release build)"
 	@echo "make soak     10 minutes of steady load: storage and memory must stay flat"
-	@echo "make chaos    the long chaos profiles (relays killed at random under 50k events)"
+	@echo "make chaos    the long chaos profiles (relays killed under 50k events, projectors under 20k commands)"
 
 run:
 	scripts/run-local.sh
@@ -48,7 +48,7 @@ bench:
 chaos:
 	scripts/ensure-services.sh
 	cargo build --workspace --bins
-	CHAOS_EVENTS=50000 cargo nextest run -p pipeline-tests --no-capture -E 'test(/killed_at_random/)'
+	CHAOS_EVENTS=50000 CHAOS_COMMANDS=20000 cargo nextest run -p pipeline-tests --no-capture -E 'test(/killed_at_random/)'
 
 # Ten minutes of steady load through the release relay and projector (SOAK_SECONDS to change).
 soak:

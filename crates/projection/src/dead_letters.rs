@@ -279,8 +279,17 @@ impl DeadLetters {
             reason,
         };
 
-        let (versions, mut view) =
-            load(&self.redis, self.projection.as_ref(), &self.keys, &[event]).await?;
+        // No marker required: the version guard alone keeps a re-drive onto a model being
+        // rebuilt correct.
+        let (versions, mut view) = load(
+            &self.redis,
+            self.projection.as_ref(),
+            &self.keys,
+            &[event],
+            None,
+        )
+        .await?
+        .unwrap_or_default();
         let outcome = plan(
             self.projection.as_ref(),
             &self.keys,

@@ -105,6 +105,9 @@ pub struct BatchReport {
     pub dead_lettered: usize,
     /// Entries left alone because this replica lost the partition's lease.
     pub fenced: usize,
+    /// Entries left pending because the read model is missing (Redis lost it): they wait for
+    /// the rebuild instead of using up attempts against an empty model.
+    pub not_ready: usize,
 }
 
 impl BatchReport {
@@ -116,6 +119,7 @@ impl BatchReport {
         self.retrying += o.retrying;
         self.dead_lettered += o.dead_lettered;
         self.fenced += o.fenced;
+        self.not_ready += o.not_ready;
     }
 }
 
@@ -165,6 +169,8 @@ struct State {
     /// Pending entries waiting behind a blocked aggregate: `stream|entry` → aggregate.
     waiting: HashMap<String, Uuid>,
     applied_total: i64,
+    /// Set when a batch found the read model missing: the run loop heals at once.
+    heal_due: bool,
     last_event: Option<(Uuid, OffsetDateTime)>,
     last_error: Option<String>,
 }
@@ -416,10 +422,14 @@ impl Projector {
                     })
                     .filter(|e| {
                         // Waiting behind a predecessor that still fails: not its turn yet.
-                        state
-                            .waiting
-                            .get(&format!("{stream}|{}", e.id))
-                            .is_none_or(|a| !state.blocked.contains_key(a))
+                        // Past the backoff cap it is retried regardless, so that bookkeeping
+                        // gone stale (a head settled elsewhere) can never strand an entry; a
+                        // follower retried too early only goes back to waiting.
+                        Duration::from_millis(e.idle_ms) >= self.settings.retry_cap
+                            || state
+                                .waiting
+                                .get(&format!("{stream}|{}", e.id))
+                                .is_none_or(|a| !state.blocked.contains_key(a))
                     })
                     .collect()
             };
@@ -625,8 +635,22 @@ impl Projector {
         }
         // 3. Plan against state and versions read together, then apply in one round trip.
         let refs: Vec<&EventEnvelope> = live.iter().map(|(_, e)| *e).collect();
-        let (versions, mut view) =
-            load(&self.redis, self.projection.as_ref(), &self.keys, &refs).await?;
+        // Stream deliveries need the read model to exist; a replay is what builds it.
+        let from_stream = self.pg.is_some() && live.iter().any(|(d, _)| d.is_some());
+        let marker = self.marker_key();
+        let Some((versions, mut view)) = load(
+            &self.redis,
+            self.projection.as_ref(),
+            &self.keys,
+            &refs,
+            from_stream.then_some(marker.as_str()),
+        )
+        .await?
+        else {
+            report.not_ready += live.len();
+            self.lock().heal_due = true;
+            return Ok(report);
+        };
         let plans = plan(
             self.projection.as_ref(),
             &self.keys,
@@ -688,6 +712,16 @@ impl Projector {
                 (Some(ApplyOutcome::Duplicate { .. }), _) => {
                     report.duplicates += 1;
                     metrics::counter!(m::DUPLICATE_EVENTS_TOTAL, "projection" => name).increment(1);
+                    // A failing head can become a duplicate (a rebuild applied it meanwhile):
+                    // it is settled, so its followers are free to go.
+                    let mut state = self.lock();
+                    if state
+                        .blocked
+                        .get(&e.aggregate_id)
+                        .is_some_and(|v| *v <= e.aggregate_version)
+                    {
+                        state.blocked.remove(&e.aggregate_id);
+                    }
                     None
                 }
                 (Some(ApplyOutcome::Fenced), _) => {
@@ -876,6 +910,13 @@ impl Projector {
                 });
             })
             .await?;
+        {
+            // Versions were rebuilt: whatever was failing here is settled or will be
+            // re-judged against the new read model.
+            let mut state = self.lock();
+            state.blocked.clear();
+            state.waiting.clear();
+        }
         let mut conn = self.redis.commands.get().await.map_err(StreamError::from)?;
         let info = serde_json::json!({"generation": self.settings.generation, "built_at": rfc3339(OffsetDateTime::now_utc()),
             "events": replayed.events}).to_string();
@@ -899,6 +940,59 @@ impl Projector {
             "read model rebuilt"
         );
         Ok(false)
+    }
+
+    /// Claims and processes entries of held partitions left pending with *other* consumers
+    /// for over a second. The takeover claim covers what the previous owner had when the lease
+    /// moved; this covers the rest: an entry an old owner read just after that claim (its
+    /// apply was fenced, so it never acknowledged it), or one pending with a consumer whose
+    /// partition came back to us. Returns how many entries were claimed.
+    ///
+    /// # Errors
+    /// [`StreamError`] when Redis fails.
+    pub async fn claim_stranded(&self) -> Result<usize, StreamError> {
+        let mut claimed_total = 0;
+        for p in self.held() {
+            let stream = self.routing.stream(self.projection.module().name, p);
+            let claimed = {
+                let mut conn = self.redis.commands.get().await?;
+                let mut stranded = Vec::new();
+                for c in consumer::consumers(&mut conn, &stream, &self.group).await? {
+                    if c.pending > 0 && c.name != self.settings.replica {
+                        stranded.extend(
+                            consumer::pending(
+                                &mut conn,
+                                &stream,
+                                &self.group,
+                                &c.name,
+                                Duration::from_secs(1),
+                                self.settings.batch_size,
+                            )
+                            .await?,
+                        );
+                    }
+                }
+                consumer::claim(
+                    &mut conn,
+                    &stream,
+                    &self.group,
+                    &self.settings.replica,
+                    &stranded,
+                )
+                .await?
+            };
+            if !claimed.is_empty() {
+                tracing::info!(
+                    projection = self.projection_name(),
+                    partition = p,
+                    entries = claimed.len(),
+                    "claimed entries stranded with another consumer"
+                );
+                claimed_total += claimed.len();
+                self.process(claimed).await?;
+            }
+        }
+        Ok(claimed_total)
     }
 
     /// Removes consumers of held streams that are no longer live replicas and have nothing
@@ -1022,7 +1116,8 @@ impl Projector {
                     }
                     return Ok(Status::Paused);
                 }
-                if Instant::now() >= slow_due {
+                let heal_due = std::mem::take(&mut self.lock().heal_due);
+                if heal_due || Instant::now() >= slow_due {
                     slow_due = Instant::now() + Duration::from_secs(2);
                     if self.heal_if_needed().await? {
                         // A peer is rebuilding: check again next round, consume nothing meanwhile.
@@ -1031,6 +1126,7 @@ impl Projector {
                         return Ok(Status::Rebuilding);
                     }
                     self.observe_lag().await?;
+                    self.claim_stranded().await?;
                     self.remove_dead_consumers().await?;
                 }
                 if Instant::now() >= retry_due {
@@ -1150,19 +1246,26 @@ async fn read_event_store(
 
 /// Reads the keys the batch depends on and the applied versions of its aggregates in one
 /// `MULTI`, so state and versions describe the same instant.
+/// One reply of a pipeline, typed; a missing or misshapen reply is [`StreamError::Malformed`].
+fn parse_reply<T: redis::FromRedisValue>(v: Option<redis::Value>) -> Result<T, StreamError> {
+    redis::from_redis_value(v.unwrap_or(redis::Value::Nil))
+        .map_err(|e| StreamError::Malformed(format!("read-model load: {e}")))
+}
+
 pub(crate) async fn load(
     pools: &RedisPools,
     projection: &dyn Projection,
     rm: &ReadModelKeys,
     events: &[&EventEnvelope],
-) -> Result<(HashMap<Uuid, i64>, ViewState), StreamError> {
+    require: Option<&str>,
+) -> Result<Option<(HashMap<Uuid, i64>, ViewState)>, StreamError> {
     let reads: BTreeSet<String> = events
         .iter()
         .flat_map(|e| projection.reads(e, rm))
         .collect();
     let ids: BTreeSet<Uuid> = events.iter().map(|e| e.aggregate_id).collect();
     if ids.is_empty() {
-        return Ok((HashMap::new(), ViewState::default()));
+        return Ok(Some((HashMap::new(), ViewState::default())));
     }
     let reads: Vec<String> = reads.into_iter().collect();
     let ids: Vec<Uuid> = ids.into_iter().collect();
@@ -1174,20 +1277,31 @@ pub(crate) async fn load(
     pipe.cmd("HMGET")
         .arg(rm.versions())
         .arg(ids.iter().map(Uuid::to_string).collect::<Vec<_>>());
+    if let Some(key) = require {
+        pipe.cmd("EXISTS").arg(key);
+    }
     let mut conn = pools.commands.get().await?;
-    let (values, versions): (Vec<Option<String>>, Vec<Option<i64>>) = if reads.is_empty() {
-        let (v,): (Vec<Option<i64>>,) = pipe.query_async(&mut conn).await?;
-        (vec![], v)
+    let mut replies: Vec<redis::Value> = pipe.query_async(&mut conn).await?;
+    if require.is_some() {
+        let exists: bool = parse_reply(replies.pop())?;
+        if !exists {
+            return Ok(None);
+        }
+    }
+    let mut replies = replies.into_iter();
+    let values: Vec<Option<String>> = if reads.is_empty() {
+        vec![]
     } else {
-        pipe.query_async(&mut conn).await?
+        parse_reply(replies.next())?
     };
+    let versions: Vec<Option<i64>> = parse_reply(replies.next())?;
     let versions = ids
         .into_iter()
         .zip(versions)
         .map(|(id, v)| (id, v.unwrap_or(0)))
         .collect();
-    Ok((
+    Ok(Some((
         versions,
         ViewState::from_pairs(reads.into_iter().zip(values)),
-    ))
+    )))
 }

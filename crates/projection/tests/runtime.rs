@@ -574,3 +574,121 @@ async fn replay_rebuilds_a_lost_read_model_from_event_store() {
         (15, 0, 15)
     );
 }
+
+async fn append(db: &TestDb, events: &[EventEnvelope]) {
+    let mut c = db.pool.get().await.expect("pg");
+    let tx = c.transaction().await.expect("tx");
+    outbox::append_events(&tx, events, 1).await.expect("append");
+    tx.commit().await.expect("commit");
+}
+
+#[tokio::test]
+async fn stream_entries_wait_for_a_lost_read_model_instead_of_using_up_attempts() {
+    let db = TestDb::new().await;
+    let f = Fixture::with_db(1, Some(db.pool.clone())).await;
+    f.broken.store(false, Ordering::SeqCst);
+    let a = Uuid::now_v7();
+    let history: Vec<EventEnvelope> = (1..=3).map(|v| envelope(a, v, "task.updated")).collect();
+    append(&db, &history[..2]).await;
+    f.projector.heal_if_needed().await.expect("first build");
+    // Redis loses everything of the read model; the next event arrives on the stream.
+    f.redis.flush_prefix().await;
+    f.projector.ensure_groups().await.expect("groups");
+    f.projector.tick_leases().await.expect("leases");
+    append(&db, &history[2..]).await;
+    f.publish(&history[2..]).await;
+    let report = f.projector.consume_once(None).await.expect("consume");
+    assert_eq!(
+        (report.applied, report.retrying, report.not_ready),
+        (0, 0, 1),
+        "not judged against an empty model"
+    );
+    assert_eq!(f.log(a).await, None);
+    f.projector.heal_if_needed().await.expect("rebuild");
+    f.settle(Duration::from_millis(200)).await;
+    assert_eq!(f.log(a).await.as_deref(), Some("1,2,3"));
+    assert_eq!(f.projector.observe_lag().await.expect("lag"), (0, 0));
+}
+
+#[tokio::test]
+async fn followers_go_on_once_their_failing_head_was_applied_elsewhere() {
+    let db = TestDb::new().await;
+    let f = Fixture::with_db(1, Some(db.pool.clone())).await;
+    f.broken.store(false, Ordering::SeqCst);
+    // Backoff capped far beyond the test: only the head's settlement can free the follower.
+    let projector = Projector::new(
+        f.redis.pools.clone(),
+        Some(db.pool.clone()),
+        Arc::new(Logging {
+            broken: f.broken.clone(),
+        }),
+        ProjectorSettings {
+            retry_cap: Duration::from_secs(30),
+            ..settings("r1", 1)
+        },
+    );
+    projector.heal_if_needed().await.expect("build");
+    projector.tick_leases().await.expect("leases");
+    let a = Uuid::now_v7();
+    let history: Vec<EventEnvelope> = (1..=3).map(|v| envelope(a, v, "task.updated")).collect();
+    // v2 (head) and v3 (follower) arrive; v1 was lost on the way.
+    f.publish(&history[1..]).await;
+    let report = projector.consume_once(None).await.expect("consume");
+    assert_eq!((report.retrying, report.waiting), (1, 1));
+    // Meanwhile a rebuild by a peer applies the whole history from event_store.
+    append(&db, &history).await;
+    f.projector.replay(0, |_| {}).await.expect("peer replay");
+    let until = Instant::now() + Duration::from_millis(500);
+    while Instant::now() < until {
+        projector.retry_due().await.expect("retry");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(f.log(a).await.as_deref(), Some("1,2,3"));
+    assert_eq!(
+        projector.observe_lag().await.expect("lag"),
+        (0, 0),
+        "the head became a duplicate, and the follower went on"
+    );
+}
+
+#[tokio::test]
+async fn entries_left_with_a_stale_owner_are_claimed_by_the_holder() {
+    let f = Fixture::new(1).await;
+    f.broken.store(false, Ordering::SeqCst);
+    let ids: Vec<Uuid> = (0..5).map(|_| Uuid::now_v7()).collect();
+    f.publish(
+        &ids.iter()
+            .map(|id| envelope(*id, 1, "task.updated"))
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    // r0, which lost the partition a moment ago, still read them (after r1's takeover claim).
+    {
+        let stream = f.redis.pools.keys.routing(1).stream("task", 0);
+        let mut c = f.redis.pools.commands.get().await.expect("conn");
+        let got = streams::consumer::read_group(
+            &mut *c,
+            "task_projection_group",
+            "r0",
+            &[stream],
+            streams::consumer::ReadFrom::New,
+            100,
+            None,
+        )
+        .await
+        .expect("read");
+        assert_eq!(got.len(), 5);
+    }
+    assert_eq!(
+        f.projector.claim_stranded().await.expect("claim"),
+        0,
+        "in flight for under a second: left alone"
+    );
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    f.projector.tick_leases().await.expect("renew");
+    assert_eq!(f.projector.claim_stranded().await.expect("claim"), 5);
+    for id in &ids {
+        assert_eq!(f.log(*id).await.as_deref(), Some("1"));
+    }
+    assert_eq!(f.projector.observe_lag().await.expect("lag"), (0, 0));
+}

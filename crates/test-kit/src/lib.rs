@@ -185,6 +185,16 @@ impl TestRedis {
         let mut conn = self.pools.commands.get().await.expect("redis");
         scan(&mut conn, &format!("{}*", self.prefix)).await
     }
+
+    /// Unlinks every key under the prefix: a FLUSHALL that leaves parallel tests alone.
+    ///
+    /// # Panics
+    /// When Redis is unreachable.
+    pub async fn flush_prefix(&self) {
+        let keys = self.keys().await;
+        let mut conn = self.pools.commands.get().await.expect("redis");
+        unlink_all(&mut conn, &keys).await;
+    }
 }
 
 async fn scan(conn: &mut impl redis::aio::ConnectionLike, pattern: &str) -> Vec<String> {

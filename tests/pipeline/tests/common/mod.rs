@@ -1,0 +1,419 @@
+//! The pipeline harness shared by the whole-pipeline tests: start the binaries as processes
+//! against a schema and key prefix of their own, send commands over HTTP, wait until the
+//! pipeline is idle, and compare the read side with PostgreSQL.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{RngExt as _, SeedableRng as _};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use task::Task;
+use test_kit::process::{Service, binary};
+use test_kit::{TestDb, TestRedis};
+use uuid::Uuid;
+
+pub const SECRET: &str = "pipeline-test-secret-0123";
+const TYPES: [&str; 6] = [
+    "learning",
+    "training",
+    "error_fix",
+    "reflection",
+    "social",
+    "planning",
+];
+
+/// What to start.
+pub struct Options {
+    pub partitions: u32,
+    pub relays: usize,
+    pub projectors: usize,
+    /// Redis for every service (`None`: the shared test server, isolated by prefix).
+    pub redis_url: Option<String>,
+    pub extra_env: Vec<(String, String)>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            partitions: 2,
+            relays: 1,
+            projectors: 1,
+            redis_url: None,
+            extra_env: vec![],
+        }
+    }
+}
+
+pub struct Pipeline {
+    pub db: TestDb,
+    pub redis: TestRedis,
+    pub redis_url: String,
+    pub partitions: u32,
+    pub services: BTreeMap<String, Service>,
+    pub http: reqwest::Client,
+    pub log_dir: std::path::PathBuf,
+    tokens: BTreeMap<Uuid, String>,
+}
+
+/// A token from the binary's own `token` subcommand: exactly what a newcomer uses.
+pub async fn mint(user: Uuid) -> String {
+    let env = [("JWT_SECRET".to_owned(), SECRET.to_owned())];
+    let (code, out, err) = test_kit::process::run(
+        &binary("command-api"),
+        &["token", "--user", &user.to_string(), "--ttl", "1h"],
+        &env,
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    out.trim().to_owned()
+}
+
+impl Pipeline {
+    pub async fn start(users: &[Uuid], options: Options) -> Self {
+        let db = TestDb::new().await;
+        let redis = TestRedis::new().await;
+        let redis_url = options
+            .redis_url
+            .clone()
+            .unwrap_or_else(test_kit::redis_url);
+        let log_dir = std::env::temp_dir().join(format!("cqrs-pipeline-{}", db.schema));
+        std::fs::create_dir_all(&log_dir).expect("log dir");
+        let mut env: Vec<(String, String)> = [
+            ("DATABASE_URL", test_kit::database_url()),
+            ("DATABASE_SCHEMA", db.schema.clone()),
+            ("REDIS_URL", redis_url.clone()),
+            ("REDIS_KEY_PREFIX", redis.prefix.clone()),
+            ("STREAM_PARTITIONS", options.partitions.to_string()),
+            ("JWT_SECRET", SECRET.into()),
+            ("ADMIN_TOKENS", "op-token".into()),
+            ("RUST_LOG", "info".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        env.extend(options.extra_env.clone());
+        let mut services = BTreeMap::new();
+        for name in ["command-api", "query-api", "admin-api"] {
+            services.insert(
+                name.to_owned(),
+                Service::spawn(&binary(name), &env, &log_dir),
+            );
+        }
+        for i in 0..options.relays {
+            services.insert(
+                format!("outbox-relay#{i}"),
+                Service::spawn(&binary("outbox-relay"), &env, &log_dir),
+            );
+        }
+        for i in 0..options.projectors {
+            let mut e = env.clone();
+            e.push(("CONSUMER_NAME".into(), format!("projector-{i}")));
+            services.insert(
+                format!("projector-worker#{i}"),
+                Service::spawn(&binary("projector-worker"), &e, &log_dir),
+            );
+        }
+        for svc in services.values_mut() {
+            svc.wait_ready(Duration::from_secs(20)).await;
+        }
+        let mut tokens = BTreeMap::new();
+        for u in users {
+            tokens.insert(*u, mint(*u).await);
+        }
+        Self {
+            db,
+            redis,
+            redis_url,
+            partitions: options.partitions,
+            services,
+            http: reqwest::Client::new(),
+            log_dir,
+            tokens,
+        }
+    }
+
+    pub fn url(&self, service: &str, path: &str) -> String {
+        format!("{}{path}", self.services[service].url())
+    }
+
+    pub fn token(&self, user: Uuid) -> &str {
+        &self.tokens[&user]
+    }
+
+    pub async fn command(
+        &self,
+        user: Uuid,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = self
+            .http
+            .request(method, self.url("command-api", path))
+            .bearer_auth(self.token(user));
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let res = req.send().await.expect("command");
+        let status = res.status();
+        (status, res.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn query(
+        &self,
+        user: Uuid,
+        path: &str,
+        token: Option<&str>,
+    ) -> (StatusCode, reqwest::header::HeaderMap, Value) {
+        let mut req = self
+            .http
+            .get(self.url("query-api", path))
+            .bearer_auth(self.token(user));
+        if let Some(t) = token {
+            req = req.header("x-consistency-token", t);
+        }
+        let res = req.send().await.expect("query");
+        let (status, headers) = (res.status(), res.headers().clone());
+        (status, headers, res.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Sends `per_user` random commands for each user, users concurrently, each user's in
+    /// sequence. Returns the answers by status. Every answer must be one a valid client can get.
+    pub async fn random_commands(
+        &self,
+        users: &[Uuid],
+        per_user: usize,
+        seed: u64,
+    ) -> BTreeMap<u16, usize> {
+        let statuses = futures::future::join_all(users.iter().enumerate().map(|(i, user)| async move {
+            let mut rng = StdRng::seed_from_u64(seed.wrapping_add(i as u64));
+            let mut tasks: Vec<String> = vec![];
+            let mut seen = BTreeMap::<u16, usize>::new();
+            for _ in 0..per_user {
+                let pick = if tasks.is_empty() { 0 } else { rng.random_range(0..10) };
+                let (method, path, body) = match pick {
+                    0..=2 => (
+                        reqwest::Method::POST,
+                        "/v1/tasks".to_owned(),
+                        Some(json!({
+                            "title": format!("task {}", rng.random_range(0..1000)),
+                            "type": TYPES[rng.random_range(0..TYPES.len())],
+                            "estimated_minutes": rng.random_range(1..=1440),
+                            "priority": rng.random_range(1..=5),
+                            "tags": ["a", "b"],
+                        })),
+                    ),
+                    other => {
+                        let id = &tasks[rng.random_range(0..tasks.len())];
+                        match other {
+                            3 => (reqwest::Method::PATCH, format!("/v1/tasks/{id}"), Some(json!({"estimated_minutes": rng.random_range(1..=600), "title": "edited"}))),
+                            4 | 5 => (reqwest::Method::POST, format!("/v1/tasks/{id}/start"), None),
+                            6 | 7 => (reqwest::Method::POST, format!("/v1/tasks/{id}/complete"), Some(json!({"actual_minutes": rng.random_range(0..=300)}))),
+                            8 => (reqwest::Method::POST, format!("/v1/tasks/{id}/abandon"), None),
+                            _ => (reqwest::Method::DELETE, format!("/v1/tasks/{id}"), None),
+                        }
+                    }
+                };
+                let (status, body) = self.command(*user, method, &path, body).await;
+                let status = status.as_u16();
+                *seen.entry(status).or_default() += 1;
+                assert!(matches!(status, 200 | 201 | 404 | 409), "unexpected {status} for {path}: {body}");
+                if status == 201 {
+                    tasks.push(body["id"].as_str().expect("id").to_owned());
+                }
+            }
+            seen
+        }))
+        .await;
+        let mut totals = BTreeMap::<u16, usize>::new();
+        for s in statuses {
+            for (k, v) in s {
+                *totals.entry(k).or_default() += v;
+            }
+        }
+        totals
+    }
+
+    /// Idle: nothing in the outbox, every group has read and acknowledged everything, and the
+    /// read model exists (its marker is set).
+    pub async fn idle(&self) -> bool {
+        self.not_idle_because().await.is_none()
+    }
+
+    /// Why the pipeline is not idle yet (`None` when it is): what a failing wait reports.
+    pub async fn not_idle_because(&self) -> Option<String> {
+        let c = match self.db.pool.get().await {
+            Ok(c) => c,
+            Err(e) => return Some(format!("postgres: {e}")),
+        };
+        match c.query_one("SELECT count(*) FROM outbox", &[]).await {
+            Ok(row) if row.get::<_, i64>(0) > 0 => {
+                return Some(format!("outbox holds {} rows", row.get::<_, i64>(0)));
+            }
+            Ok(_) => {}
+            Err(e) => return Some(format!("outbox: {e}")),
+        }
+        let pools = self.redis_pools();
+        let mut conn = match pools.commands.get().await {
+            Ok(c) => c,
+            Err(e) => return Some(format!("redis: {e}")),
+        };
+        let marker = pools.keys.read_model("task", 1).key("marker");
+        let exists: bool = streams::redis::cmd("EXISTS")
+            .arg(&marker)
+            .query_async(&mut *conn)
+            .await
+            .unwrap_or(false);
+        if !exists {
+            return Some("read model marker missing".to_owned());
+        }
+        let mut busy = vec![];
+        for stream in pools.keys.routing(self.partitions).streams("task") {
+            match streams::consumer::groups(&mut *conn, &stream).await {
+                Ok(groups) if groups.is_empty() => busy.push(format!("{stream}: no group")),
+                Ok(groups) => busy.extend(
+                    groups
+                        .iter()
+                        .filter(|g| g.pending > 0 || g.lag != Some(0))
+                        .map(|g| {
+                            format!(
+                                "{stream}: group {} pending {} lag {:?} last {}",
+                                g.name, g.pending, g.lag, g.last_delivered_id
+                            )
+                        }),
+                ),
+                Err(e) => busy.push(format!("{stream}: {e}")),
+            }
+        }
+        (!busy.is_empty()).then(|| busy.join("; "))
+    }
+
+    /// Waits until the pipeline is idle; on time-out, panics with the reason and the
+    /// projectors' recent log lines.
+    pub async fn wait_idle(&self, timeout: Duration, what: &str) {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let Some(reason) = self.not_idle_because().await else {
+                return;
+            };
+            if std::time::Instant::now() > deadline {
+                let logs: String = self
+                    .services
+                    .iter()
+                    .filter(|(n, _)| n.starts_with("projector") || n.starts_with("outbox-relay"))
+                    .map(|(n, s)| {
+                        let text = s.log_text();
+                        let tail: Vec<&str> =
+                            text.lines().filter(|l| !l.contains(" DEBUG ")).collect();
+                        format!(
+                            "--- {n}\n{}\n",
+                            tail[tail.len().saturating_sub(40)..].join("\n")
+                        )
+                    })
+                    .collect();
+                panic!(
+                    "timed out after {timeout:?} waiting for: {what}; not idle: {reason}\n{logs}"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Pools on the pipeline's Redis (shared or private) and prefix.
+    pub fn redis_pools(&self) -> streams::RedisPools {
+        streams::RedisPools::connect(&streams::RedisSettings::new(
+            self.redis_url.clone(),
+            self.redis.prefix.clone(),
+        ))
+        .expect("pools")
+    }
+
+    /// Every task view, list and stat served by query-api equals PostgreSQL.
+    pub async fn assert_read_side_matches_postgres(&self, users: &[Uuid]) {
+        let c = self.db.pool.get().await.expect("client");
+        let rows = c.query("SELECT id FROM tasks", &[]).await.expect("ids");
+        for row in rows {
+            let id: Uuid = row.get(0);
+            let task: Task = task::store::load(&**c, id)
+                .await
+                .expect("load")
+                .expect("row");
+            let (status, _, body) = self
+                .query(task.user_id, &format!("/v1/tasks/{id}"), None)
+                .await;
+            if task.deleted {
+                assert_eq!(
+                    status,
+                    StatusCode::NOT_FOUND,
+                    "deleted task {id} is gone from the read side"
+                );
+            } else {
+                assert_eq!(status, StatusCode::OK, "{id}");
+                let view: Task = serde_json::from_value(body).expect("view");
+                assert_eq!(view, task, "view of {id} equals its row");
+            }
+        }
+        for user in users {
+            let row = c
+                .query_one(
+                    "SELECT count(*), count(*) FILTER (WHERE status = 'pending'), count(*) FILTER (WHERE status = 'in_progress'),
+                            count(*) FILTER (WHERE status = 'completed'), count(*) FILTER (WHERE status = 'abandoned'),
+                            coalesce(sum(estimated_minutes), 0)::bigint,
+                            coalesce(sum(actual_minutes) FILTER (WHERE status = 'completed'), 0)::bigint
+                     FROM tasks WHERE user_id = $1 AND deleted_at IS NULL",
+                    &[user],
+                )
+                .await
+                .expect("stats");
+            let expected = json!({
+                "total_tasks": row.get::<_, i64>(0), "pending_tasks": row.get::<_, i64>(1),
+                "in_progress_tasks": row.get::<_, i64>(2), "completed_tasks": row.get::<_, i64>(3),
+                "abandoned_tasks": row.get::<_, i64>(4), "total_estimated_minutes": row.get::<_, i64>(5),
+                "completed_minutes": row.get::<_, i64>(6),
+            });
+            let (status, _, stats) = self.query(*user, "/v1/me/task-stats", None).await;
+            assert_eq!(status, StatusCode::OK);
+            assert_eq!(stats, expected, "stats of {user}");
+            let live = task::store::live_tasks_of(&**c, *user).await.expect("live");
+            let mut listed: Vec<Task> = vec![];
+            let mut cursor: Option<String> = None;
+            loop {
+                let path = match &cursor {
+                    Some(c) => format!("/v1/me/tasks?limit=100&cursor={c}"),
+                    None => "/v1/me/tasks?limit=100".to_owned(),
+                };
+                let (_, _, page) = self.query(*user, &path, None).await;
+                listed.extend(
+                    serde_json::from_value::<Vec<Task>>(page["items"].clone()).expect("items"),
+                );
+                match page["next_cursor"].as_str() {
+                    Some(c) => cursor = Some(c.to_owned()),
+                    None => break,
+                }
+            }
+            assert_eq!(listed, live, "list of {user}: live tasks, newest first");
+        }
+    }
+
+    /// SIGTERMs every service; each must exit 0 without logging an error.
+    pub async fn stop_all(&mut self) {
+        for (name, svc) in &mut self.services {
+            let status = svc.terminate(Duration::from_secs(15)).await;
+            assert!(
+                status.success(),
+                "{name} exited with {status}:\n{}",
+                svc.log_text()
+            );
+            let log = svc.log_text();
+            assert!(
+                log.contains("shutdown requested"),
+                "{name} logs its shutdown"
+            );
+            assert!(!log.contains(" ERROR "), "{name} logged an error:\n{log}");
+        }
+        let _ = std::fs::remove_dir_all(&self.log_dir);
+    }
+}
