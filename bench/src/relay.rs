@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
+use bench::{Proc, env_or, ms, percentile};
 use events::{EventContext, EventEnvelope};
 use outbox::PgSettings;
 use streams::{RedisPools, RedisSettings, redis};
@@ -29,13 +30,6 @@ struct Config {
     partitions: u32,
     rate: u64,
     seconds: u64,
-}
-
-fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
-    std::env::var(key)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 fn payload() -> serde_json::Value {
@@ -172,20 +166,11 @@ async fn outbox_empty(pool: &outbox::Pool) -> anyhow::Result<bool> {
         .get::<_, bool>(0))
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cfg = Config {
-        pg_url: std::env::var("DATABASE_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into()),
-        redis_url: std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
+        pg_url: bench::pg_url(),
+        redis_url: bench::redis_url(),
         events: env_or("BENCH_EVENTS", 200_000),
         partitions: env_or("BENCH_PARTITIONS", 8),
         rate: env_or("BENCH_RATE", 1000),
@@ -202,26 +187,8 @@ async fn main() -> anyhow::Result<()> {
     outbox::migrate::migrate(&pool, &schema).await?;
     let redis = RedisPools::connect(&RedisSettings::new(cfg.redis_url.clone(), prefix.clone()))?;
     let result = run(&cfg, &pool, &redis, &schema, &prefix).await;
-    // Clean up whatever happened.
-    if let Ok(c) = pool.get().await {
-        let _ = c
-            .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
-            .await;
-    }
-    if let Ok(mut c) = redis.commands.get().await {
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("{prefix}*"))
-            .query_async(&mut *c)
-            .await
-            .unwrap_or_default();
-        for k in keys.chunks(100) {
-            let _: Result<i64, _> = redis::cmd("UNLINK").arg(k).query_async(&mut *c).await;
-        }
-    }
-    let report = result?;
-    println!("{report}");
-    std::fs::create_dir_all("target/bench")?;
-    std::fs::write("target/bench/relay.md", &report)?;
+    bench::clean_up(&pool, &schema, &redis, &prefix).await;
+    bench::publish_report("relay", &result?)?;
     Ok(())
 }
 
@@ -234,32 +201,24 @@ async fn run(
 ) -> anyhow::Result<String> {
     // The relay under test is the release binary, as deployed: its own process and runtime,
     // not sharing one with this program's writers and reader.
-    let relay_bin = std::env::current_exe()?.with_file_name("outbox-relay");
-    if !relay_bin.exists() {
-        bail!(
-            "{} is missing: `make bench` builds it (cargo build --release -p outbox-relay)",
-            relay_bin.display()
-        );
-    }
-    let start_relay = || -> anyhow::Result<RelayProcess> {
-        let child = Command::new(&relay_bin)
-            .env_clear()
-            .env("DATABASE_URL", &cfg.pg_url)
-            .env("DATABASE_SCHEMA", schema)
-            .env("REDIS_URL", &cfg.redis_url)
-            .env("REDIS_KEY_PREFIX", prefix)
-            .env("STREAM_PARTITIONS", cfg.partitions.to_string())
-            .env("RELAY_BATCH_SIZE", BATCH.to_string())
-            .env(
-                "RELAY_VACUUM_INTERVAL_MS",
-                env_or("BENCH_VACUUM_MS", 5000u64).to_string(),
-            )
-            .env("HTTP_ADDR", "127.0.0.1:0")
-            .env("RUST_LOG", "warn")
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .context("starting outbox-relay")?;
-        Ok(RelayProcess(child))
+    let start_relay = || -> anyhow::Result<Proc> {
+        Proc::spawn(
+            "outbox-relay",
+            &[
+                ("DATABASE_URL", cfg.pg_url.clone()),
+                ("DATABASE_SCHEMA", schema.to_owned()),
+                ("REDIS_URL", cfg.redis_url.clone()),
+                ("REDIS_KEY_PREFIX", prefix.to_owned()),
+                ("STREAM_PARTITIONS", cfg.partitions.to_string()),
+                ("RELAY_BATCH_SIZE", BATCH.to_string()),
+                (
+                    "RELAY_VACUUM_INTERVAL_MS",
+                    env_or("BENCH_VACUUM_MS", 5000u64).to_string(),
+                ),
+                ("HTTP_ADDR", "127.0.0.1:0".to_owned()),
+                ("RUST_LOG", "warn".to_owned()),
+            ],
+        )
     };
 
     // Steady state first, on a fresh outbox: latency right after draining a large backlog is
@@ -426,31 +385,6 @@ async fn run(
     }
     writeln!(r, "| target p99 | | 10 ms | |")?;
     Ok(r)
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-/// The relay child process. Dropping it stops it as production does, with SIGTERM, so it
-/// releases its leases (a killed relay's leases would make the next one wait for expiry).
-struct RelayProcess(std::process::Child);
-
-impl Drop for RelayProcess {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.0.id().to_string())
-            .status();
-        for _ in 0..100 {
-            if matches!(self.0.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// One latency round.

@@ -4,56 +4,13 @@
 //! flat. Prints a markdown report (also `target/bench/soak.md`).
 
 use std::fmt::Write as _;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail};
+use bench::{Proc, env_or, rss_mib};
 use events::EventContext;
 use outbox::PgSettings;
 use streams::{RedisPools, RedisSettings, redis};
 use uuid::Uuid;
-
-fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
-    std::env::var(key)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.0.id().to_string())
-            .status();
-        for _ in 0..100 {
-            if matches!(self.0.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn rss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .map(str::to_owned)
-        })
-        .and_then(|l| {
-            l.split_whitespace()
-                .nth(1)
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
-}
 
 #[derive(Debug)]
 struct Sample {
@@ -72,9 +29,7 @@ struct Sample {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let pg_url = std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let redis_url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let (pg_url, redis_url) = (bench::pg_url(), bench::redis_url());
     let seconds: u64 = env_or("SOAK_SECONDS", 600);
     let rate: u64 = env_or("SOAK_RATE", 500);
     let every: u64 = env_or("SOAK_SAMPLE_SECONDS", 30);
@@ -88,31 +43,21 @@ async fn main() -> anyhow::Result<()> {
     })?;
     outbox::migrate::migrate(&pool, &schema).await?;
     let redis = RedisPools::connect(&RedisSettings::new(redis_url.clone(), prefix.clone()))?;
-    let dir = std::env::current_exe()?
-        .parent()
-        .context("binary dir")?
-        .to_path_buf();
     let spawn = |name: &str| -> anyhow::Result<Proc> {
-        let bin = dir.join(name);
-        if !bin.exists() {
-            bail!("{} is missing: `make soak` builds it", bin.display());
-        }
-        Ok(Proc(
-            Command::new(bin)
-                .env_clear()
-                .env("DATABASE_URL", &pg_url)
-                .env("DATABASE_SCHEMA", &schema)
-                .env("REDIS_URL", &redis_url)
-                .env("REDIS_KEY_PREFIX", &prefix)
-                .env("STREAM_PARTITIONS", partitions.to_string())
-                .env("RELAY_TRIM_INTERVAL_MS", "5000")
-                .env("CONSUMER_NAME", "soak")
-                .env("HTTP_ADDR", "127.0.0.1:0")
-                .env("RUST_LOG", "warn")
-                .stdout(Stdio::null())
-                .spawn()
-                .with_context(|| format!("starting {name}"))?,
-        ))
+        Proc::spawn(
+            name,
+            &[
+                ("DATABASE_URL", pg_url.clone()),
+                ("DATABASE_SCHEMA", schema.clone()),
+                ("REDIS_URL", redis_url.clone()),
+                ("REDIS_KEY_PREFIX", prefix.clone()),
+                ("STREAM_PARTITIONS", partitions.to_string()),
+                ("RELAY_TRIM_INTERVAL_MS", "5000".to_owned()),
+                ("CONSUMER_NAME", "soak".to_owned()),
+                ("HTTP_ADDR", "127.0.0.1:0".to_owned()),
+                ("RUST_LOG", "warn".to_owned()),
+            ],
+        )
     };
     let relay = spawn("outbox-relay")?;
     let projector = spawn("projector-worker")?;
@@ -122,25 +67,8 @@ async fn main() -> anyhow::Result<()> {
     .await;
     drop(relay);
     drop(projector);
-    if let Ok(c) = pool.get().await {
-        let _ = c
-            .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
-            .await;
-    }
-    if let Ok(mut c) = redis.commands.get().await {
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("{prefix}*"))
-            .query_async(&mut *c)
-            .await
-            .unwrap_or_default();
-        for k in keys.chunks(500) {
-            let _: Result<i64, _> = redis::cmd("UNLINK").arg(k).query_async(&mut *c).await;
-        }
-    }
-    let report = result?;
-    println!("{report}");
-    std::fs::create_dir_all("target/bench")?;
-    std::fs::write("target/bench/soak.md", &report)?;
+    bench::clean_up(&pool, &schema, &redis, &prefix).await;
+    bench::publish_report("soak", &result?)?;
     Ok(())
 }
 
@@ -310,7 +238,7 @@ async fn sample(
         lag,
         pending,
         redis_mib,
-        relay_mib: rss_mib(relay.0.id()),
-        projector_mib: rss_mib(projector.0.id()),
+        relay_mib: rss_mib(relay.pid()),
+        projector_mib: rss_mib(projector.pid()),
     })
 }

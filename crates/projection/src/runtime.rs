@@ -803,9 +803,10 @@ impl Projector {
             }
         }
         let per_event = started.elapsed().as_secs_f64() / report.delivered.max(1) as f64;
+        let histogram =
+            metrics::histogram!(m::EVENT_PROCESSING_DURATION_SECONDS, "projection" => name);
         for _ in 0..report.delivered {
-            metrics::histogram!(m::EVENT_PROCESSING_DURATION_SECONDS, "projection" => name)
-                .record(per_event);
+            histogram.record(per_event);
         }
         Ok(report)
     }

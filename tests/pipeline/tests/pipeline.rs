@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use common::{Options, Pipeline};
 use reqwest::StatusCode;
 use serde_json::json;
-use test_kit::eventually;
 use uuid::Uuid;
 
 #[tokio::test]
