@@ -9,7 +9,10 @@
 //! - **end to end**: `POST /v1/tasks` at a steady rate through command-api, outbox-relay,
 //!   projector-worker and query-api (all release processes); latency from the command's answer
 //!   (the commit) to query-api answering the task when asked with the command's consistency
-//!   token: what a client doing read-your-writes waits.
+//!   token: what a client doing read-your-writes waits. The target rate (`BENCH_RATE`) runs
+//!   `BENCH_ROUNDS` times, then one round at each of `BENCH_EXTRA_RATES` (default 800, 500),
+//!   with the CPU each process used: on a small machine the whole pipeline, PostgreSQL and the
+//!   load generator share the cores, and the table shows where the knee is.
 //!
 //! Prints a markdown report (also written to `target/bench/projector.md`).
 
@@ -87,14 +90,22 @@ async fn run(cfg: &Config, schema: &str, prefix: &str) -> anyhow::Result<String>
     let mut rounds = Vec::new();
     let e2e_prefix = format!("{prefix}e2e:");
     let pipeline = Pipeline::start(cfg, schema, &e2e_prefix).await?;
-    for n in 0..cfg.rounds {
+    // The target rate several times (the host is noisy), then lower rates: where the knee is.
+    let extra: Vec<u64> = std::env::var("BENCH_EXTRA_RATES")
+        .unwrap_or_else(|_| "800,500".into())
+        .split(',')
+        .filter_map(|r| r.trim().parse().ok())
+        .collect();
+    let rates: Vec<u64> = std::iter::repeat_n(cfg.rate, cfg.rounds)
+        .chain(extra)
+        .collect();
+    for (n, rate) in rates.into_iter().enumerate() {
         eprintln!(
-            "end to end, round {}: POST /v1/tasks at {}/s for {} s…",
+            "end to end, round {}: POST /v1/tasks at {rate}/s for {} s…",
             n + 1,
-            cfg.rate,
             cfg.seconds
         );
-        rounds.push(pipeline.round(cfg).await?);
+        rounds.push(pipeline.round(rate, cfg.seconds).await?);
     }
     drop(pipeline);
 
@@ -130,15 +141,16 @@ async fn run(cfg: &Config, schema: &str, prefix: &str) -> anyhow::Result<String>
     writeln!(r)?;
     writeln!(
         r,
-        "| commit → visible in query-api at {} commands/s | commands | p50 | p99 | max |",
+        "| commit → visible in query-api (target rate {} commands/s) | commands | p50 | p99 | max |",
         cfg.rate
     )?;
     writeln!(r, "|---|---|---|---|---|")?;
     for (i, round) in rounds.iter().enumerate() {
         writeln!(
             r,
-            "| round {}: command answered → query-api answered it (consistency token) | {} | {:.2} ms | {:.2} ms | {:.2} ms |",
+            "| round {}, {}/s: command answered → query-api answered it (consistency token) | {} | {:.2} ms | {:.2} ms | {:.2} ms |",
             i + 1,
+            round.rate,
             round.visible.len(),
             ms(percentile(&round.visible, 0.5)),
             ms(percentile(&round.visible, 0.99)),
@@ -146,8 +158,9 @@ async fn run(cfg: &Config, schema: &str, prefix: &str) -> anyhow::Result<String>
         )?;
         writeln!(
             r,
-            "| round {}: the command itself (request → answer) | | {:.2} ms | {:.2} ms | {:.2} ms |",
+            "| round {}, {}/s: the command itself (request → answer) | | {:.2} ms | {:.2} ms | {:.2} ms |",
             i + 1,
+            round.rate,
             ms(percentile(&round.command, 0.5)),
             ms(percentile(&round.command, 0.99)),
             ms(percentile(&round.command, 1.0))
@@ -506,11 +519,11 @@ impl Pipeline {
 
     /// One second of warm-up, then `rate` creations per second for `seconds`, each followed
     /// by a read with its consistency token.
-    async fn round(&self, cfg: &Config) -> anyhow::Result<Round> {
-        let warmup = cfg.rate as usize;
-        let total = (cfg.rate * cfg.seconds) as usize;
+    async fn round(&self, rate: u64, seconds: u64) -> anyhow::Result<Round> {
+        let warmup = rate as usize;
+        let total = (rate * seconds) as usize;
         let measured: Arc<Mutex<Round>> = Arc::default();
-        let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / cfg.rate as f64));
+        let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
         let mut clients = tokio::task::JoinSet::new();
         let mut cpu_before = None;
@@ -581,6 +594,7 @@ impl Pipeline {
             .collect();
         round.cpu.sort_by_key(|(_, t)| std::cmp::Reverse(*t));
         round.wall = wall;
+        round.rate = rate;
         round.command.sort();
         round.visible.sort();
         ensure!(
@@ -603,4 +617,6 @@ struct Round {
     cpu: Vec<(String, Duration)>,
     /// Duration of the measured part.
     wall: Duration,
+    /// Commands per second.
+    rate: u64,
 }

@@ -687,6 +687,7 @@ impl Projector {
         };
         // 4. Settle each event's fate, in order (a head's failure is known before its followers).
         let now = OffsetDateTime::now_utc();
+        let mut visible: Vec<(Uuid, i64)> = Vec::new();
         for (((d, e), planned), slot) in live.iter().zip(plans).zip(item_of) {
             let failure: Option<(&'static str, String)> = match (
                 slot.map(|i| &outcomes[i]),
@@ -694,6 +695,7 @@ impl Projector {
             ) {
                 (Some(ApplyOutcome::Applied), _) => {
                     report.applied += 1;
+                    visible.push((e.aggregate_id, e.aggregate_version));
                     metrics::counter!(m::EVENTS_PROCESSED_TOTAL, "event_type" => e.event_type.clone(), "projection" => name).increment(1);
                     metrics::histogram!(m::PROJECTION_LAG_SECONDS, "projection" => name)
                         .record((now - e.occurred_at).as_seconds_f64().max(0.0));
@@ -800,6 +802,18 @@ impl Projector {
                 *v = (*v).min(e.aggregate_version);
                 state.last_error = Some(format!("{error_type}: {reason}"));
                 tracing::debug!(projection = name, event_id = %e.event_id, attempts, error_type, reason = %reason, "event failed; will retry");
+            }
+        }
+        if !visible.is_empty() {
+            // Wakes readers waiting for these writes. Only a hint (they also poll), so a
+            // failure here costs them latency, never correctness: logged at debug.
+            let announced = async {
+                let mut conn = self.redis.commands.get().await?;
+                streams::visibility::announce(&mut conn, &self.redis.keys, &visible).await
+            }
+            .await;
+            if let Err(e) = announced {
+                tracing::debug!(error = %resilience::error_chain(&e), "cannot announce applied events");
             }
         }
         let per_event = started.elapsed().as_secs_f64() / report.delivered.max(1) as f64;

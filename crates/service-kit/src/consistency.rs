@@ -8,6 +8,7 @@ use actix_web::{FromRequest, HttpRequest, HttpResponse};
 use events::ConsistencyToken;
 use futures::future::{Ready, ready};
 use streams::RedisPools;
+use streams::visibility::AppliedWatch;
 
 use crate::http::ApiError;
 
@@ -83,20 +84,27 @@ pub enum Freshness {
 }
 
 impl ConsistencyWait {
-    /// Waits until the token's version is applied in `generation` of its module's read model,
-    /// polling the applied-version hash: 1 ms at first, growing by half up to 5 ms. A write is
-    /// usually visible within a few milliseconds, and a coarser poll would add its own
-    /// granularity to every read-your-writes answer (one `HGET` per poll is cheap for Redis).
+    /// Waits until the token's version is applied in `generation` of its module's read model.
+    /// It wakes when the projector announces the write on `watch`, checking the applied-version
+    /// hash then (an announcement is only a hint) and every 50 ms as a safety net; while the
+    /// subscription is down it polls instead: 1 ms at first, growing by half up to 5 ms.
     ///
     /// # Errors
     /// 503 when Redis is down.
-    pub async fn settle(&self, pools: &RedisPools, generation: i64) -> Result<Freshness, ApiError> {
+    pub async fn settle(
+        &self,
+        pools: &RedisPools,
+        watch: &AppliedWatch,
+        generation: i64,
+    ) -> Result<Freshness, ApiError> {
         let Some(token) = &self.token else {
             return Ok(Freshness::NotAsked);
         };
         let versions = pools.keys.read_model(&token.module, generation).versions();
         let deadline = Instant::now() + self.wait;
         let mut interval = Duration::from_millis(1);
+        // Registered before the first check, so an announcement in between is not missed.
+        let mut announced = watch.wait_for(token.aggregate_id, token.version);
         loop {
             let applied = {
                 let mut conn = pools
@@ -113,8 +121,19 @@ impl ConsistencyWait {
             if now >= deadline {
                 return Ok(Freshness::Stale);
             }
-            tokio::time::sleep(interval.min(deadline - now)).await;
-            interval = (interval * 3 / 2).min(Duration::from_millis(5));
+            if watch.is_live() {
+                let pause = Duration::from_millis(50).min(deadline - now);
+                tokio::select! {
+                    _ = &mut announced => {
+                        // Fired (or the watch went away): wait anew after the next check.
+                        announced = watch.wait_for(token.aggregate_id, token.version);
+                    }
+                    () = tokio::time::sleep(pause) => {}
+                }
+            } else {
+                tokio::time::sleep(interval.min(deadline - now)).await;
+                interval = (interval * 3 / 2).min(Duration::from_millis(5));
+            }
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod lease;
 pub mod pool;
 pub mod publisher;
 pub mod retention;
+pub mod visibility;
 
 pub use apply::{ApplyItem, ApplyOutcome, Op, apply_batch};
 pub use error::StreamError;

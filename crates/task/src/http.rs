@@ -9,6 +9,7 @@ use service_kit::http::auth::AuthUser;
 use service_kit::http::extract::{JsonBody, OptionalJsonBody, parse_uuid, query_config};
 use service_kit::http::{ApiError, resource};
 use streams::RedisPools;
+use streams::visibility::AppliedWatch;
 use uuid::Uuid;
 
 use crate::domain::{TaskCommand, TaskError, TaskStatus};
@@ -159,10 +160,11 @@ async fn get_task(
     wait: ConsistencyWait,
     queries: web::Data<TaskQueries>,
     pools: web::Data<RedisPools>,
+    watch: web::Data<AppliedWatch>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_uuid(&id, "id")?;
-    let freshness = wait.settle(&pools, queries.generation()).await?;
+    let freshness = wait.settle(&pools, &watch, queries.generation()).await?;
     // Another user's task answers exactly like a missing one. A 404 after a stale wait still
     // says `X-Consistency: stale`: "not visible yet" must not read as "gone".
     let mut response = match queries.get(id).await?.filter(|t| t.user_id == user.0) {
@@ -196,6 +198,7 @@ async fn list_tasks(
     wait: ConsistencyWait,
     queries: web::Data<TaskQueries>,
     pools: web::Data<RedisPools>,
+    watch: web::Data<AppliedWatch>,
     params: web::Query<ListParams>,
 ) -> Result<HttpResponse, ApiError> {
     let status = params
@@ -218,7 +221,7 @@ async fn list_tasks(
             decode_cursor(c).map_err(|_| ApiError::validation("cursor", "cursor is malformed"))
         })
         .transpose()?;
-    let freshness = wait.settle(&pools, queries.generation()).await?;
+    let freshness = wait.settle(&pools, &watch, queries.generation()).await?;
     let page = queries
         .list(user.0, status, limit, after.as_deref())
         .await?;
@@ -233,8 +236,9 @@ async fn task_stats(
     wait: ConsistencyWait,
     queries: web::Data<TaskQueries>,
     pools: web::Data<RedisPools>,
+    watch: web::Data<AppliedWatch>,
 ) -> Result<HttpResponse, ApiError> {
-    let freshness = wait.settle(&pools, queries.generation()).await?;
+    let freshness = wait.settle(&pools, &watch, queries.generation()).await?;
     let stats = queries.stats(user.0).await?;
     let mut response = HttpResponse::Ok().json(stats);
     mark(&mut response, freshness);

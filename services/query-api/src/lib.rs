@@ -13,6 +13,7 @@ use service_kit::http::server::{self, ServerOptions};
 use service_kit::settings::{JwtArgs, PostgresArgs, RedisArgs, ShutdownArgs, TelemetryArgs};
 use streams::RedisPools;
 use streams::keys::INITIAL_GENERATION;
+use streams::visibility::AppliedWatch;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -88,6 +89,12 @@ impl Application {
         ));
         // Serving needs Redis only; PostgreSQL was needed for the start-up schema check.
         let health = Health::new("query-api").with_redis(redis.clone());
+        // One subscription for all requests: waiting reads wake on the projector's
+        // announcements instead of polling Redis.
+        let watch = web::Data::new(AppliedWatch::start(
+            settings.redis.redis_url.expose(),
+            &redis.keys,
+        )?);
         let redis = web::Data::new(redis);
         let listener = server::bind(settings.http_addr)?;
         let port = listener.local_addr()?.port();
@@ -98,6 +105,7 @@ impl Application {
         let server = server::start(listener, options, health.clone(), move |cfg| {
             cfg.app_data(jwt.clone())
                 .app_data(redis.clone())
+                .app_data(watch.clone())
                 .app_data(tasks.clone())
                 .configure(task::http::query_routes);
         })?;
