@@ -683,11 +683,13 @@ impl Projector {
             vec![]
         } else {
             let mut conn = self.redis.commands.get().await?;
-            streams::apply_batch(&mut conn, &items).await?
+            // Readers waiting for these writes are woken in the same round trip.
+            streams::apply::apply_batch_announcing(&mut conn, &items, Some(&self.redis.keys))
+                .await?
         };
         // 4. Settle each event's fate, in order (a head's failure is known before its followers).
         let now = OffsetDateTime::now_utc();
-        let mut visible: Vec<(Uuid, i64)> = Vec::new();
+
         for (((d, e), planned), slot) in live.iter().zip(plans).zip(item_of) {
             let failure: Option<(&'static str, String)> = match (
                 slot.map(|i| &outcomes[i]),
@@ -695,7 +697,6 @@ impl Projector {
             ) {
                 (Some(ApplyOutcome::Applied), _) => {
                     report.applied += 1;
-                    visible.push((e.aggregate_id, e.aggregate_version));
                     metrics::counter!(m::EVENTS_PROCESSED_TOTAL, "event_type" => e.event_type.clone(), "projection" => name).increment(1);
                     metrics::histogram!(m::PROJECTION_LAG_SECONDS, "projection" => name)
                         .record((now - e.occurred_at).as_seconds_f64().max(0.0));
@@ -804,18 +805,7 @@ impl Projector {
                 tracing::debug!(projection = name, event_id = %e.event_id, attempts, error_type, reason = %reason, "event failed; will retry");
             }
         }
-        if !visible.is_empty() {
-            // Wakes readers waiting for these writes. Only a hint (they also poll), so a
-            // failure here costs them latency, never correctness: logged at debug.
-            let announced = async {
-                let mut conn = self.redis.commands.get().await?;
-                streams::visibility::announce(&mut conn, &self.redis.keys, &visible).await
-            }
-            .await;
-            if let Err(e) = announced {
-                tracing::debug!(error = %resilience::error_chain(&e), "cannot announce applied events");
-            }
-        }
+
         let per_event = started.elapsed().as_secs_f64() / report.delivered.max(1) as f64;
         let histogram =
             metrics::histogram!(m::EVENT_PROCESSING_DURATION_SECONDS, "projection" => name);

@@ -276,6 +276,21 @@ pub async fn apply_batch(
     conn: &mut impl redis::aio::ConnectionLike,
     items: &[ApplyItem],
 ) -> Result<Vec<ApplyOutcome>, StreamError> {
+    apply_batch_announcing(conn, items, None).await
+}
+
+/// [`apply_batch`], plus (in the same round trip, after the applies) an announcement on
+/// [`crate::visibility::channel`] of `keys` naming every item, so readers waiting for those
+/// writes wake at once. Items that turn out duplicates or gaps are named too: readers re-check
+/// the applied version, so a spurious wake-up costs one read, never a wrong answer.
+///
+/// # Errors
+/// As [`apply_batch`].
+pub async fn apply_batch_announcing(
+    conn: &mut impl redis::aio::ConnectionLike,
+    items: &[ApplyItem],
+    announce: Option<&crate::KeySpace>,
+) -> Result<Vec<ApplyOutcome>, StreamError> {
     let mut outcomes: Vec<Option<ApplyOutcome>> = items
         .iter()
         .map(|item| validate(item).err().map(ApplyOutcome::Rejected))
@@ -289,6 +304,13 @@ pub async fn apply_batch(
     let mut pipe = redis::pipe();
     for i in &runnable {
         pipe.add_command(eval_cmd(&items[*i]));
+    }
+    if let Some(keys) = announce {
+        let pairs: Vec<(Uuid, i64)> = runnable
+            .iter()
+            .map(|i| (items[*i].aggregate_id, items[*i].version))
+            .collect();
+        pipe.add_command(crate::visibility::announcement(keys, &pairs));
     }
     pipe.ignore_errors();
     let mut replies: Vec<Value> = pipe.query_async(conn).await?;

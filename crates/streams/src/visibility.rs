@@ -38,16 +38,20 @@ pub async fn announce(
     if applied.is_empty() {
         return Ok(());
     }
+    let _: i64 = announcement(keys, applied).query_async(conn).await?;
+    Ok(())
+}
+
+/// The `PUBLISH` command of an announcement, for callers that pipeline it with other work.
+#[must_use]
+pub fn announcement(keys: &KeySpace, applied: &[(Uuid, i64)]) -> redis::Cmd {
     let mut payload = String::with_capacity(applied.len() * 40);
     for (id, version) in applied {
         let _ = writeln!(payload, "{id}:{version}");
     }
-    let _: i64 = redis::cmd("PUBLISH")
-        .arg(channel(keys))
-        .arg(payload)
-        .query_async(conn)
-        .await?;
-    Ok(())
+    let mut cmd = redis::cmd("PUBLISH");
+    cmd.arg(channel(keys)).arg(payload);
+    cmd
 }
 
 /// The pairs of an announcement; malformed lines are skipped.
