@@ -15,6 +15,7 @@
 pub mod append;
 pub mod control;
 pub mod error;
+pub mod history;
 pub mod idempotency;
 pub mod lease;
 pub mod listener;

@@ -278,3 +278,59 @@ async fn listener_hears_commits_with_their_partitions_and_not_rollbacks() {
         "the payload names the partition written"
     );
 }
+
+#[tokio::test]
+async fn a_replay_snapshot_never_shows_an_aggregate_with_a_hole() {
+    let db = TestDb::new().await;
+    let (x, y) = (Uuid::now_v7(), Uuid::now_v7());
+    // X's creation takes a position first but commits late (a slow command)...
+    let mut slow = db.pool.get().await.expect("pg");
+    let slow_tx = slow.transaction().await.expect("tx");
+    append_events(&slow_tx, &events_for(x, 1..=1), 1)
+        .await
+        .expect("append x1");
+    // ...while Y, with a higher position, commits at once.
+    append(&db, &events_for(y, 1..=1)).await;
+    let types = vec!["Task".to_owned()];
+
+    let mut client = db.pool.get().await.expect("pg");
+    let snapshot = outbox::history::snapshot(&mut client)
+        .await
+        .expect("snapshot");
+    let first = outbox::history::page(&snapshot, &types, 0, 1)
+        .await
+        .expect("page 1");
+    assert_eq!(
+        first
+            .iter()
+            .map(|(_, e)| e.aggregate_id)
+            .collect::<Vec<_>>(),
+        vec![y],
+        "the uncommitted creation is not visible"
+    );
+    let last = first[0].0;
+    // X commits, and its next version follows: both after the snapshot.
+    slow_tx.commit().await.expect("commit x1");
+    append(&db, &events_for(x, 2..=2)).await;
+    let next = outbox::history::page(&snapshot, &types, last, 100)
+        .await
+        .expect("page 2");
+    assert!(
+        next.is_empty(),
+        "X's version 2 without its version 1 would be a false gap: {next:?}"
+    );
+    drop(snapshot);
+    // A new snapshot sees X whole, in order.
+    let snapshot = outbox::history::snapshot(&mut client)
+        .await
+        .expect("snapshot");
+    let all = outbox::history::page(&snapshot, &types, 0, 100)
+        .await
+        .expect("all");
+    let of_x: Vec<i64> = all
+        .iter()
+        .filter(|(_, e)| e.aggregate_id == x)
+        .map(|(_, e)| e.aggregate_version)
+        .collect();
+    assert_eq!(of_x, vec![1, 2]);
+}

@@ -281,15 +281,17 @@ impl DeadLetters {
 
         // No marker required: the version guard alone keeps a re-drive onto a model being
         // rebuilt correct.
-        let (versions, mut view) = load(
+        let loaded = load(
             &self.redis,
             self.projection.as_ref(),
             &self.keys,
             &[event],
             None,
+            None,
         )
         .await?
         .unwrap_or_default();
+        let (versions, mut view) = (loaded.versions, loaded.view);
         let outcome = plan(
             self.projection.as_ref(),
             &self.keys,

@@ -171,6 +171,8 @@ struct State {
     applied_total: i64,
     /// Set when a batch found the read model missing: the run loop heals at once.
     heal_due: bool,
+    /// New entries read ahead in the last apply's round trip, processed next.
+    prefetched: Vec<Delivery>,
     last_event: Option<(Uuid, OffsetDateTime)>,
     last_error: Option<String>,
 }
@@ -362,6 +364,12 @@ impl Projector {
     /// # Errors
     /// [`StreamError`] when Redis fails; nothing unapplied was acknowledged.
     pub async fn consume_once(&self, block: Option<Duration>) -> Result<BatchReport, StreamError> {
+        // Entries read ahead in the previous apply's round trip come first (they are already
+        // delivered to this consumer: pending here until applied).
+        let ahead = std::mem::take(&mut self.lock().prefetched);
+        if !ahead.is_empty() {
+            return self.process_deliveries(ahead, true).await;
+        }
         let held = self.held();
         if held.is_empty() {
             if let Some(b) = block {
@@ -391,7 +399,7 @@ impl Projector {
             )
             .await?
         };
-        self.process(deliveries).await
+        self.process_deliveries(deliveries, true).await
     }
 
     /// Claims and processes this replica's pending entries whose backoff has elapsed (by their
@@ -546,6 +554,16 @@ impl Projector {
     /// # Errors
     /// [`StreamError`] when Redis fails; the version guard makes a redelivery safe.
     pub async fn process(&self, deliveries: Vec<Delivery>) -> Result<BatchReport, StreamError> {
+        self.process_deliveries(deliveries, false).await
+    }
+
+    /// [`Projector::process`]; with `prefetch`, the apply's round trip also reads the next
+    /// batch of new entries (kept for the next [`Projector::consume_once`]).
+    async fn process_deliveries(
+        &self,
+        deliveries: Vec<Delivery>,
+        prefetch: bool,
+    ) -> Result<BatchReport, StreamError> {
         let inputs: Vec<(Option<Delivery>, Decoded)> = deliveries
             .into_iter()
             .map(|d| {
@@ -553,12 +571,32 @@ impl Projector {
                 (Some(d), decoded)
             })
             .collect();
-        self.process_inputs(inputs).await
+        self.process_inputs(inputs, prefetch).await
+    }
+
+    /// The read of new entries of the held partitions, without blocking.
+    fn next_read(&self) -> Option<redis::Cmd> {
+        let streams: Vec<String> = self
+            .held()
+            .iter()
+            .map(|p| self.routing.stream(self.projection.module().name, *p))
+            .collect();
+        (!streams.is_empty()).then(|| {
+            consumer::read_group_cmd(
+                &self.group,
+                &self.settings.replica,
+                &streams,
+                consumer::ReadFrom::New,
+                self.settings.batch_size,
+                None,
+            )
+        })
     }
 
     async fn process_inputs(
         &self,
         inputs: Vec<(Option<Delivery>, Decoded)>,
+        prefetch: bool,
     ) -> Result<BatchReport, StreamError> {
         let started = Instant::now();
         let name = self.projection_name();
@@ -595,22 +633,31 @@ impl Projector {
                 }
             }
         }
-        // 2. Events of parked aggregates follow their head into the dead letters.
-        let ids: Vec<Uuid> = events
-            .iter()
-            .map(|(_, e)| e.aggregate_id)
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        let parked: BTreeSet<Uuid> = {
-            let mut conn = self.redis.commands.get().await?;
-            let flags = dlq::are_parked(&mut conn, &self.dlq, &ids).await?;
-            ids.iter()
-                .zip(flags)
-                .filter(|(_, p)| *p)
-                .map(|(id, _)| *id)
-                .collect()
+        // 2. One round trip reads all that planning needs: applied versions, the views the
+        //    projection reads, which aggregates are parked, and (for stream entries) whether
+        //    the read model exists at all. A replay is what builds it, so it skips that check.
+        let all: Vec<&EventEnvelope> = events.iter().map(|(_, e)| *e).collect();
+        let from_stream = self.pg.is_some() && events.iter().any(|(d, _)| d.is_some());
+        let marker = self.marker_key();
+        let Some(Loaded {
+            versions,
+            mut view,
+            parked,
+        }) = load(
+            &self.redis,
+            self.projection.as_ref(),
+            &self.keys,
+            &all,
+            from_stream.then_some(marker.as_str()),
+            Some(&self.dlq.parked),
+        )
+        .await?
+        else {
+            report.not_ready += events.len();
+            self.lock().heal_due = true;
+            return Ok(report);
         };
+        // 3. Events of parked aggregates follow their head into the dead letters.
         let mut live = Vec::with_capacity(events.len());
         for (d, e) in events {
             if parked.contains(&e.aggregate_id) {
@@ -633,24 +680,8 @@ impl Projector {
             }
             live.push((d, e));
         }
-        // 3. Plan against state and versions read together, then apply in one round trip.
+        // 4. Plan against state and versions read together, then apply in one round trip.
         let refs: Vec<&EventEnvelope> = live.iter().map(|(_, e)| *e).collect();
-        // Stream deliveries need the read model to exist; a replay is what builds it.
-        let from_stream = self.pg.is_some() && live.iter().any(|(d, _)| d.is_some());
-        let marker = self.marker_key();
-        let Some((versions, mut view)) = load(
-            &self.redis,
-            self.projection.as_ref(),
-            &self.keys,
-            &refs,
-            from_stream.then_some(marker.as_str()),
-        )
-        .await?
-        else {
-            report.not_ready += live.len();
-            self.lock().heal_due = true;
-            return Ok(report);
-        };
         let plans = plan(
             self.projection.as_ref(),
             &self.keys,
@@ -682,12 +713,29 @@ impl Projector {
         let outcomes = if items.is_empty() {
             vec![]
         } else {
+            // The same round trip wakes the readers waiting for these writes and, when
+            // consuming, reads the next batch (after the applies, so in order).
+            let next = if prefetch { self.next_read() } else { None };
             let mut conn = self.redis.commands.get().await?;
-            // Readers waiting for these writes are woken in the same round trip.
-            streams::apply::apply_batch_announcing(&mut conn, &items, Some(&self.redis.keys))
-                .await?
+            let (outcomes, after) = streams::apply::apply_batch_then(
+                &mut conn,
+                &items,
+                Some(&self.redis.keys),
+                next.into_iter().collect(),
+            )
+            .await?;
+            if let Some(reply) = after.into_iter().next() {
+                match consumer::parse_read_reply(reply) {
+                    Ok(next) => self.lock().prefetched = next,
+                    // The next plain read meets the same condition and handles it.
+                    Err(e) => {
+                        tracing::debug!(error = %e, "read-ahead failed");
+                    }
+                }
+            }
+            outcomes
         };
-        // 4. Settle each event's fate, in order (a head's failure is known before its followers).
+        // 5. Settle each event's fate, in order (a head's failure is known before its followers).
         let now = OffsetDateTime::now_utc();
 
         for (((d, e), planned), slot) in live.iter().zip(plans).zip(item_of) {
@@ -838,8 +886,11 @@ impl Projector {
             .iter()
             .map(|t| (*t).to_owned())
             .collect();
+        // One snapshot for every page: see `outbox::history` for the gap it prevents.
+        let mut client = pool.get().await.map_err(outbox::OutboxError::from)?;
+        let snapshot = outbox::history::snapshot(&mut client).await?;
         loop {
-            let page = read_event_store(pool, &types, report.position, 1000).await?;
+            let page = outbox::history::page(&snapshot, &types, report.position, 1000).await?;
             let Some(last) = page.last().map(|(p, _)| *p) else {
                 break;
             };
@@ -848,7 +899,7 @@ impl Projector {
                 .into_iter()
                 .map(|(_, e)| (None, Decoded::Event(e)))
                 .collect();
-            report.batch.add(&self.process_inputs(inputs).await?);
+            report.batch.add(&self.process_inputs(inputs, false).await?);
             report.position = last;
             progress(&report);
         }
@@ -1211,77 +1262,44 @@ pub enum ReplayError {
     NoDatabase,
 }
 
-/// A page of `event_store` after `after`, in position order (per aggregate, version order).
-async fn read_event_store(
-    pool: &outbox::Pool,
-    aggregate_types: &[String],
-    after: i64,
-    limit: i64,
-) -> Result<Vec<(i64, EventEnvelope)>, outbox::OutboxError> {
-    let client = pool.get().await?;
-    let rows = client
-        .query(
-            "SELECT position, event_id, event_type, schema_version, aggregate_type, aggregate_id,
-                    aggregate_version, occurred_at, payload, metadata
-             FROM event_store WHERE aggregate_type = ANY($1) AND position > $2 ORDER BY position LIMIT $3",
-            &[&aggregate_types, &after, &limit],
-        )
-        .await?;
-    Ok(rows
-        .iter()
-        .filter_map(|r| {
-            let metadata: serde_json::Value = r.get(9);
-            Some((
-                r.get(0),
-                EventEnvelope {
-                    event_id: r.get(1),
-                    event_type: r.get(2),
-                    schema_version: r.get(3),
-                    aggregate_type: r.get(4),
-                    aggregate_id: r.get(5),
-                    aggregate_version: r.get(6),
-                    occurred_at: r.get(7),
-                    payload: r.get(8),
-                    metadata: serde_json::from_value(metadata).ok()?,
-                },
-            ))
-        })
-        .collect())
-}
-
-/// Reads the keys the batch depends on and the applied versions of its aggregates in one
-/// `MULTI`, so state and versions describe the same instant.
 /// One reply of a pipeline, typed; a missing or misshapen reply is [`StreamError::Malformed`].
 fn parse_reply<T: redis::FromRedisValue>(v: Option<redis::Value>) -> Result<T, StreamError> {
     redis::from_redis_value(v.unwrap_or(redis::Value::Nil))
         .map_err(|e| StreamError::Malformed(format!("read-model load: {e}")))
 }
 
+/// Reads, in one `MULTI` (so all of it describes the same instant): the keys the batch's
+/// events read, the applied versions of its aggregates, which of them are parked (when
+/// `parked_key` is given), and whether `require` (the read model's marker) exists. `None`
+/// when it does not: the read model is gone and must be rebuilt first.
 pub(crate) async fn load(
     pools: &RedisPools,
     projection: &dyn Projection,
     rm: &ReadModelKeys,
     events: &[&EventEnvelope],
     require: Option<&str>,
-) -> Result<Option<(HashMap<Uuid, i64>, ViewState)>, StreamError> {
+    parked_key: Option<&str>,
+) -> Result<Option<Loaded>, StreamError> {
     let reads: BTreeSet<String> = events
         .iter()
         .flat_map(|e| projection.reads(e, rm))
         .collect();
     let ids: BTreeSet<Uuid> = events.iter().map(|e| e.aggregate_id).collect();
     if ids.is_empty() {
-        return Ok(Some((HashMap::new(), ViewState::default())));
+        return Ok(Some(Loaded::default()));
     }
     let reads: Vec<String> = reads.into_iter().collect();
     let ids: Vec<Uuid> = ids.into_iter().collect();
+    let id_args: Vec<String> = ids.iter().map(Uuid::to_string).collect();
     let mut pipe = redis::pipe();
     pipe.atomic();
     if !reads.is_empty() {
         pipe.cmd("MGET").arg(&reads);
     }
-    pipe.cmd("HMGET")
-        .arg(rm.versions())
-        .arg(ids.iter().map(Uuid::to_string).collect::<Vec<_>>());
+    pipe.cmd("HMGET").arg(rm.versions()).arg(&id_args);
+    if let Some(key) = parked_key {
+        pipe.cmd("HMGET").arg(key).arg(&id_args);
+    }
     if let Some(key) = require {
         pipe.cmd("EXISTS").arg(key);
     }
@@ -1293,6 +1311,11 @@ pub(crate) async fn load(
             return Ok(None);
         }
     }
+    let parked_flags: Vec<Option<String>> = if parked_key.is_some() {
+        parse_reply(replies.pop())?
+    } else {
+        vec![]
+    };
     let mut replies = replies.into_iter();
     let values: Vec<Option<String>> = if reads.is_empty() {
         vec![]
@@ -1300,13 +1323,31 @@ pub(crate) async fn load(
         parse_reply(replies.next())?
     };
     let versions: Vec<Option<i64>> = parse_reply(replies.next())?;
+    let parked = ids
+        .iter()
+        .zip(parked_flags)
+        .filter(|(_, head)| head.is_some())
+        .map(|(id, _)| *id)
+        .collect();
     let versions = ids
         .into_iter()
         .zip(versions)
         .map(|(id, v)| (id, v.unwrap_or(0)))
         .collect();
-    Ok(Some((
+    Ok(Some(Loaded {
         versions,
-        ViewState::from_pairs(reads.into_iter().zip(values)),
-    )))
+        view: ViewState::from_pairs(reads.into_iter().zip(values)),
+        parked,
+    }))
+}
+
+/// What planning a batch needs, read in one round trip.
+#[derive(Default)]
+pub(crate) struct Loaded {
+    /// Applied version per aggregate (0: none).
+    pub(crate) versions: HashMap<Uuid, i64>,
+    /// The string keys the projection reads.
+    pub(crate) view: ViewState,
+    /// Aggregates parked in the dead letters.
+    pub(crate) parked: BTreeSet<Uuid>,
 }

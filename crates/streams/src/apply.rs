@@ -276,21 +276,41 @@ pub async fn apply_batch(
     conn: &mut impl redis::aio::ConnectionLike,
     items: &[ApplyItem],
 ) -> Result<Vec<ApplyOutcome>, StreamError> {
-    apply_batch_announcing(conn, items, None).await
+    Ok(apply_batch_then(conn, items, None, vec![]).await?.0)
 }
 
-/// [`apply_batch`], plus (in the same round trip, after the applies) an announcement on
-/// [`crate::visibility::channel`] of `keys` naming every item, so readers waiting for those
-/// writes wake at once. Items that turn out duplicates or gaps are named too: readers re-check
-/// the applied version, so a spurious wake-up costs one read, never a wrong answer.
+/// [`apply_batch`], plus an announcement on [`crate::visibility::channel`] of `keys` naming
+/// every item, so readers waiting for those writes wake at once. Items that turn out
+/// duplicates or gaps are named too: readers re-check the applied version, so a spurious
+/// wake-up costs one read, never a wrong answer.
 ///
 /// # Errors
 /// As [`apply_batch`].
 pub async fn apply_batch_announcing(
     conn: &mut impl redis::aio::ConnectionLike,
     items: &[ApplyItem],
-    announce: Option<&crate::KeySpace>,
+    announce: &crate::KeySpace,
 ) -> Result<Vec<ApplyOutcome>, StreamError> {
+    Ok(apply_batch_then(conn, items, Some(announce), vec![])
+        .await?
+        .0)
+}
+
+/// The general form: applies `items`, then (optionally) announces them, then runs `after`, all
+/// in one round trip and in that order, so `after` sees the applies done. Returns the items'
+/// outcomes and `after`'s raw replies (an error reply stays a value for the caller to judge).
+/// After a NOSCRIPT the whole pipeline runs again, `after` included: use commands that are
+/// safe to repeat (a read of new entries is: entries read by the lost run stay pending and are
+/// retried).
+///
+/// # Errors
+/// As [`apply_batch`].
+pub async fn apply_batch_then(
+    conn: &mut impl redis::aio::ConnectionLike,
+    items: &[ApplyItem],
+    announce: Option<&crate::KeySpace>,
+    after: Vec<redis::Cmd>,
+) -> Result<(Vec<ApplyOutcome>, Vec<Value>), StreamError> {
     let mut outcomes: Vec<Option<ApplyOutcome>> = items
         .iter()
         .map(|item| validate(item).err().map(ApplyOutcome::Rejected))
@@ -298,8 +318,8 @@ pub async fn apply_batch_announcing(
     let runnable: Vec<usize> = (0..items.len())
         .filter(|i| outcomes[*i].is_none())
         .collect();
-    if runnable.is_empty() {
-        return Ok(outcomes.into_iter().flatten().collect());
+    if runnable.is_empty() && after.is_empty() {
+        return Ok((outcomes.into_iter().flatten().collect(), vec![]));
     }
     let mut pipe = redis::pipe();
     for i in &runnable {
@@ -310,7 +330,13 @@ pub async fn apply_batch_announcing(
             .iter()
             .map(|i| (items[*i].aggregate_id, items[*i].version))
             .collect();
-        pipe.add_command(crate::visibility::announcement(keys, &pairs));
+        if !pairs.is_empty() {
+            pipe.add_command(crate::visibility::announcement(keys, &pairs));
+        }
+    }
+    let announced = usize::from(announce.is_some() && !runnable.is_empty());
+    for cmd in after {
+        pipe.add_command(cmd);
     }
     pipe.ignore_errors();
     let mut replies: Vec<Value> = pipe.query_async(conn).await?;
@@ -321,13 +347,19 @@ pub async fn apply_batch_announcing(
         let _: String = APPLY_SCRIPT.prepare_invoke().load_async(conn).await?;
         replies = pipe.query_async(conn).await?;
     }
-    for (i, reply) in runnable.into_iter().zip(replies) {
+    let n = runnable.len();
+    let mut replies = replies.into_iter();
+    for (i, reply) in runnable.into_iter().zip(replies.by_ref().take(n)) {
         outcomes[i] = Some(parse_outcome(reply)?);
     }
-    Ok(outcomes
-        .into_iter()
-        .map(|o| o.unwrap_or(ApplyOutcome::Rejected("no reply".into())))
-        .collect())
+    let rest: Vec<Value> = replies.skip(announced).collect();
+    Ok((
+        outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or(ApplyOutcome::Rejected("no reply".into())))
+            .collect(),
+        rest,
+    ))
 }
 
 fn is_noscript(v: &Value) -> bool {

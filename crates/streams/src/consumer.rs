@@ -74,6 +74,24 @@ pub async fn read_group(
     if streams.is_empty() {
         return Ok(vec![]);
     }
+    let reply: Value = read_group_cmd(group, consumer, streams, from, count, block)
+        .query_async(conn)
+        .await?;
+    parse_read_reply(reply)
+}
+
+/// The `XREADGROUP` command of [`read_group`], for callers that pipeline it with other work
+/// (the projector reads its next batch in the round trip that applies the current one); parse
+/// its reply with [`parse_read_reply`].
+#[must_use]
+pub fn read_group_cmd(
+    group: &str,
+    consumer: &str,
+    streams: &[String],
+    from: ReadFrom,
+    count: usize,
+    block: Option<Duration>,
+) -> redis::Cmd {
     let mut cmd = redis::cmd("XREADGROUP");
     cmd.arg("GROUP")
         .arg(group)
@@ -91,8 +109,7 @@ pub async fn read_group(
     for _ in streams {
         cmd.arg(id);
     }
-    let reply: Value = cmd.query_async(conn).await?;
-    parse_read_reply(reply)
+    cmd
 }
 
 /// Reads this consumer's pending entries of one stream with ids after `after` (`"0"` for
@@ -125,7 +142,15 @@ pub async fn read_group_after(
 /// Parses an `XREAD`/`XREADGROUP` reply by hand: the typed parser of the redis crate rejects
 /// the nil field lists Redis returns for pending entries that were deleted from the stream, and
 /// those must be seen (and acknowledged or dead-lettered), not crash the consumer.
-fn parse_read_reply(reply: Value) -> Result<Vec<Delivery>, StreamError> {
+///
+/// # Errors
+/// [`StreamError::Malformed`] for a reply of another shape; [`StreamError::NoGroup`] (or
+/// another) when the reply is a Redis error.
+pub fn parse_read_reply(reply: Value) -> Result<Vec<Delivery>, StreamError> {
+    if let Value::ServerError(e) = reply {
+        let err: redis::RedisError = e.into();
+        return Err(err.into());
+    }
     let per_stream: Vec<(Value, Value)> = match reply {
         Value::Nil => return Ok(vec![]),
         Value::Array(items) => items

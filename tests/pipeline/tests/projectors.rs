@@ -326,3 +326,69 @@ async fn a_poison_event_is_dead_lettered_parks_its_aggregate_and_a_discard_bring
     );
     p.stop_all().await;
 }
+
+#[tokio::test]
+async fn a_stopped_projector_hands_its_partitions_over_at_once() {
+    let users: Vec<Uuid> = (0..4).map(|_| Uuid::now_v7()).collect();
+    // Leases of 6 s: a takeover after expiry would take that long; a handover, one tick (2 s).
+    let options = Options {
+        partitions: 2,
+        projectors: 2,
+        extra_env: env(&[("PROJECTOR_LEASE_MS", "6000")]),
+        ..Options::default()
+    };
+    let mut p = Pipeline::start(&users, options).await;
+    let pools = p.redis_pools();
+    let owners = |pools: &streams::RedisPools| {
+        let pools = pools.clone();
+        async move {
+            let mut c = pools.commands.get().await.expect("redis");
+            let mut out = vec![];
+            for partition in 0..2 {
+                let owner: Option<String> = streams::redis::cmd("GET")
+                    .arg(streams::lease::lease_key(
+                        &pools.keys,
+                        "task_projection",
+                        partition,
+                    ))
+                    .query_async(&mut *c)
+                    .await
+                    .expect("get");
+                out.push(owner.unwrap_or_default());
+            }
+            out
+        }
+    };
+    eventually(Duration::from_secs(20), "one partition each", || async {
+        let o = owners(&pools).await;
+        (o[0] != o[1] && o.iter().all(|x| x.starts_with("projector-"))).then_some(())
+    })
+    .await;
+    let mut leaving = p
+        .services
+        .remove("projector-worker#0")
+        .expect("projector 0");
+    let status = leaving.terminate(Duration::from_secs(15)).await;
+    let stopped = std::time::Instant::now();
+    assert!(status.success(), "exit 0:\n{}", leaving.log_text());
+    let log = leaving.log_text();
+    assert!(log.contains("partition leases released"), "{log}");
+    assert!(log.contains("projector stopped"), "{log}");
+    eventually(
+        Duration::from_secs(20),
+        "the survivor holds both partitions",
+        || async { (owners(&pools).await == ["projector-1", "projector-1"]).then_some(()) },
+    )
+    .await;
+    let took = stopped.elapsed();
+    assert!(
+        took < Duration::from_secs(5),
+        "handed over in {took:?}, not after the 6 s lease expired"
+    );
+    eprintln!("handover: the survivor held both partitions {took:?} after the SIGTERM exit");
+    p.random_commands(&users, 15, 7).await;
+    p.wait_idle(Duration::from_secs(20), "the survivor applies everything")
+        .await;
+    p.assert_read_side_matches_postgres(&users).await;
+    p.stop_all().await;
+}
