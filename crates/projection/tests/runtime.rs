@@ -692,3 +692,51 @@ async fn entries_left_with_a_stale_owner_are_claimed_by_the_holder() {
     }
     assert_eq!(f.projector.observe_lag().await.expect("lag"), (0, 0));
 }
+
+#[tokio::test]
+async fn an_event_whose_dead_letter_cannot_be_written_stays_pending() {
+    let f = Fixture::new(1).await;
+    let bad = Uuid::now_v7();
+    f.publish(&[envelope(bad, 1, "task.poison")]).await;
+    // The dead-letter stream's key holds a string: every move to it fails.
+    let dlq_stream = f.projector.dead_letter_keys().stream.clone();
+    let mut c = f.redis.pools.commands.get().await.expect("conn");
+    let _: () = redis::cmd("SET")
+        .arg(&dlq_stream)
+        .arg("not a stream")
+        .query_async(&mut *c)
+        .await
+        .expect("sabotage");
+    f.projector.consume_once(None).await.expect("consume");
+    // All attempts (4, 40 ms × 2ⁿ apart) are used up well within a second; each move fails.
+    let mut failures = 0;
+    let until = Instant::now() + Duration::from_millis(1200);
+    while Instant::now() < until {
+        f.projector.tick_leases().await.expect("renew");
+        match f.projector.retry_due().await {
+            Ok(r) => assert_eq!(r.dead_lettered, 0, "nothing was written"),
+            Err(_) => failures += 1,
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        failures > 0,
+        "the failed move is an error for the run loop to back off on"
+    );
+    assert_eq!(
+        f.projector.observe_lag().await.expect("lag").1,
+        1,
+        "not acknowledged: the event is still pending"
+    );
+    // Once the dead letters can be written again, it moves there and is acknowledged.
+    let _: i64 = redis::cmd("DEL")
+        .arg(&dlq_stream)
+        .query_async(&mut *c)
+        .await
+        .expect("repair");
+    f.projector.tick_leases().await.expect("renew");
+    f.settle(Duration::from_millis(300)).await;
+    let letters = f.dead_letters().list(None, 10).await.expect("list");
+    assert_eq!(letters.len(), 1);
+    assert_eq!(f.projector.observe_lag().await.expect("lag"), (0, 0));
+}
