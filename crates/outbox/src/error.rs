@@ -52,12 +52,6 @@ pub enum OutboxError {
     /// Log the cause chain, answer 500.
     #[error("database error")]
     Database(#[source] tokio_postgres::Error),
-    /// A stored row does not decode (e.g. `event_store` metadata of an unknown shape).
-    ///
-    /// # Handling
-    /// Log it and stop the work that needs the row: skipping it would lose an event.
-    #[error("corrupt stored data: {0}")]
-    Corrupt(String),
 }
 
 impl OutboxError {

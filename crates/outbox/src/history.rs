@@ -9,7 +9,7 @@
 //! everything the replay saw of its aggregate, and reaches the projection through the stream.
 
 use deadpool_postgres::{Client, Transaction};
-use events::EventEnvelope;
+use events::{EventEnvelope, EventMetadata};
 use tokio_postgres::IsolationLevel;
 
 use crate::OutboxError;
@@ -29,8 +29,8 @@ pub async fn snapshot(client: &mut Client) -> Result<Transaction<'_>, OutboxErro
 }
 
 /// Up to `limit` events of `aggregate_types` after `position` `after`, in position order,
-/// with their positions. Rows whose metadata cannot be read are an error, never skipped: a
-/// replay that silently left an event out would park its aggregate behind a false gap.
+/// with their positions. No row is ever skipped (a replay that left an event out would park
+/// its aggregate behind a false gap): one with unreadable metadata comes without it.
 ///
 /// # Errors
 /// [`OutboxError`] when PostgreSQL fails or a row does not decode.
@@ -51,10 +51,11 @@ pub async fn page(
     let rows = snapshot
         .query(&statement, &[&aggregate_types, &after, &limit])
         .await?;
-    rows.iter()
+    Ok(rows
+        .iter()
         .map(|r| {
             let metadata: serde_json::Value = r.get(9);
-            Ok((
+            (
                 r.get(0),
                 EventEnvelope {
                     event_id: r.get(1),
@@ -65,14 +66,20 @@ pub async fn page(
                     aggregate_version: r.get(6),
                     occurred_at: r.get(7),
                     payload: r.get(8),
-                    metadata: serde_json::from_value(metadata).map_err(|e| {
-                        OutboxError::Corrupt(format!(
-                            "event_store position {}: metadata: {e}",
-                            r.get::<_, i64>(0)
-                        ))
-                    })?,
+                    // Metadata is for people (logs, tracing), not for projections: an unreadable
+                    // one must not stop a rebuild, so it becomes "unknown" and is logged.
+                    metadata: serde_json::from_value(metadata).unwrap_or_else(|e| {
+                        tracing::warn!(position = r.get::<_, i64>(0), error = %e,
+                            "event_store row with unreadable metadata; replayed without it");
+                        EventMetadata {
+                            user_id: None,
+                            correlation_id: None,
+                            causation_id: None,
+                            source: "unknown".into(),
+                        }
+                    }),
                 },
-            ))
+            )
         })
-        .collect()
+        .collect())
 }

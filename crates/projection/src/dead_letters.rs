@@ -320,7 +320,11 @@ impl DeadLetters {
             fence: None,
         };
         let mut conn = self.redis.commands.get().await?;
-        match streams::apply_batch(&mut conn, &[item]).await?.remove(0) {
+        // Readers waiting for this write (a consistency token) wake as for any apply.
+        match streams::apply::apply_batch_announcing(&mut conn, &[item], &self.redis.keys)
+            .await?
+            .remove(0)
+        {
             ApplyOutcome::Applied => done.applied += 1,
             ApplyOutcome::Duplicate { .. } => done.duplicates += 1,
             other => return Err(failed(format!("{other:?}"))),

@@ -177,6 +177,16 @@ struct State {
     last_error: Option<String>,
 }
 
+/// How long an entry may sit with another consumer of a held partition before this replica
+/// claims it (an old owner's in-flight batch is fenced, so this only needs to outlast it).
+const STRANDED_AFTER: Duration = Duration::from_secs(1);
+
+/// A stream entry id as `(milliseconds, sequence)`, for ordering ids numerically.
+fn entry_order(id: &str) -> (u64, u64) {
+    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+    (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
+}
+
 /// Bound on the in-memory bookkeeping of failing aggregates: if ever exceeded (a storm of
 /// distinct failures), it is cleared; the cost is only that followers may use up attempts.
 const MAX_TRACKED: usize = 100_000;
@@ -359,7 +369,8 @@ impl Projector {
         Ok(held.partitions)
     }
 
-    /// Reads new entries of the held partitions (waiting up to `block`) and processes them.
+    /// Processes the entries read ahead by the previous apply, if any; otherwise reads new
+    /// entries of the held partitions (waiting up to `block`) and processes them.
     ///
     /// # Errors
     /// [`StreamError`] when Redis fails; nothing unapplied was acknowledged.
@@ -425,6 +436,13 @@ impl Projector {
                 let state = self.lock();
                 pending
                     .into_iter()
+                    // Read ahead and not processed yet: not a retry (consume_once has it).
+                    .filter(|e| {
+                        !state
+                            .prefetched
+                            .iter()
+                            .any(|d| d.entry_id == e.id && d.stream == stream)
+                    })
                     .filter(|e| {
                         Duration::from_millis(e.idle_ms) >= self.settings.backoff(e.deliveries)
                     })
@@ -452,6 +470,7 @@ impl Projector {
                     &self.group,
                     &self.settings.replica,
                     &due,
+                    self.settings.retry_base,
                 )
                 .await?
             };
@@ -987,6 +1006,9 @@ impl Projector {
             .query_async(&mut conn)
             .await
             .map_err(StreamError::from)?;
+        // A long rebuild may have outlived this replica's leases: renew (or learn what moved)
+        // before touching any stream again.
+        self.tick_leases().await?;
         tracing::info!(
             projection = self.projection_name(),
             events = replayed.events,
@@ -1021,7 +1043,7 @@ impl Projector {
                                 &stream,
                                 &self.group,
                                 &c.name,
-                                Duration::from_secs(1),
+                                STRANDED_AFTER,
                                 self.settings.batch_size,
                             )
                             .await?,
@@ -1034,6 +1056,7 @@ impl Projector {
                     &self.group,
                     &self.settings.replica,
                     &stranded,
+                    STRANDED_AFTER,
                 )
                 .await?
             };
@@ -1045,6 +1068,10 @@ impl Projector {
                     "claimed entries stranded with another consumer"
                 );
                 claimed_total += claimed.len();
+                // Gathered consumer by consumer: back into stream order, so one aggregate's
+                // versions are planned oldest first.
+                let mut claimed = claimed;
+                claimed.sort_by_key(|d| entry_order(&d.entry_id));
                 self.process(claimed).await?;
             }
         }
@@ -1126,8 +1153,9 @@ impl Projector {
 
     /// Consumes until `shutdown`, obeying `desired` (running/paused). Redis outages are
     /// retried with backoff (first failure and recovery logged); a lost group or read model is
-    /// recreated. On shutdown the batch in hand is finished, the leases are released so a peer
-    /// takes over at once, and a final heartbeat says `stopped`.
+    /// recreated. On shutdown the batch being applied is finished, the leases are released so
+    /// a peer takes over at once (entries read ahead but not applied stay pending, and the
+    /// peer's takeover claims them), and a final heartbeat says `stopped`.
     pub async fn run(
         &self,
         mut desired: watch::Receiver<DesiredState>,
@@ -1182,11 +1210,13 @@ impl Projector {
                         return Ok(Status::Rebuilding);
                     }
                     self.observe_lag().await?;
-                    self.claim_stranded().await?;
                     self.remove_dead_consumers().await?;
                 }
                 if Instant::now() >= retry_due {
                     retry_due = Instant::now() + self.settings.retry_base;
+                    // Stranded entries first: a follower's retries of a gap must not run out
+                    // while its predecessor sits with another consumer.
+                    self.claim_stranded().await?;
                     self.retry_due().await?;
                 }
                 // Reads are never cancelled mid-way (a batch in hand is always finished); the
@@ -1215,8 +1245,11 @@ impl Projector {
                         nogroup_logged = true;
                     }
                     groups_ready = false;
-                    // Forget the held set so every partition is taken over afresh.
-                    self.lock().held.clear();
+                    // Forget the held set so every partition is taken over afresh, and what
+                    // was read ahead from the lost group (it is redelivered or replayed).
+                    let mut state = self.lock();
+                    state.held.clear();
+                    state.prefetched.clear();
                 }
                 Err(e) => {
                     status = Status::Error;

@@ -740,3 +740,39 @@ async fn an_event_whose_dead_letter_cannot_be_written_stays_pending() {
     assert_eq!(letters.len(), 1);
     assert_eq!(f.projector.observe_lag().await.expect("lag"), (0, 0));
 }
+
+#[tokio::test]
+async fn entries_read_ahead_are_processed_once_even_when_retries_run_first() {
+    let f = Fixture::new(1).await;
+    f.broken.store(false, Ordering::SeqCst);
+    // One entry per batch, so the second entry is read ahead by the first batch's apply.
+    let projector = Projector::new(
+        f.redis.pools.clone(),
+        None,
+        Arc::new(Logging {
+            broken: f.broken.clone(),
+        }),
+        ProjectorSettings {
+            batch_size: 1,
+            ..settings("r1", 1)
+        },
+    );
+    projector.tick_leases().await.expect("leases");
+    let a = Uuid::now_v7();
+    let stream = f.redis.pools.keys.routing(1).stream("task", 0);
+    f.publish(&[envelope(a, 1, "task.updated")]).await;
+    f.publish_raw(&[(stream, "{not json".to_owned())]).await;
+    let first = projector.consume_once(None).await.expect("consume");
+    assert_eq!((first.delivered, first.applied), (1, 1));
+    // The unreadable entry is now pending here, read ahead. Retries come first in the loop;
+    // they must leave it to consume_once, or it would be dead-lettered twice.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let retried = projector.retry_due().await.expect("retry");
+    assert_eq!(retried.delivered, 0, "{retried:?}");
+    let second = projector.consume_once(None).await.expect("consume");
+    assert_eq!((second.delivered, second.dead_lettered), (1, 1));
+    projector.retry_due().await.expect("retry");
+    let letters = f.dead_letters().list(None, 10).await.expect("list");
+    assert_eq!(letters.len(), 1, "dead-lettered once");
+    assert_eq!(projector.observe_lag().await.expect("lag"), (0, 0));
+}

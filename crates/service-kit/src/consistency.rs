@@ -103,8 +103,11 @@ impl ConsistencyWait {
         let versions = pools.keys.read_model(&token.module, generation).versions();
         let deadline = Instant::now() + self.wait;
         let mut interval = Duration::from_millis(1);
-        // Registered before the first check, so an announcement in between is not missed.
-        let mut announced = watch.wait_for(token.aggregate_id, token.version);
+        // Registered before the first check, so an announcement in between is not missed; and
+        // only while the subscription is up (nobody would ever wake or prune it otherwise).
+        let mut announced = watch
+            .is_live()
+            .then(|| watch.wait_for(token.aggregate_id, token.version));
         loop {
             let applied = {
                 let mut conn = pools
@@ -121,12 +124,14 @@ impl ConsistencyWait {
             if now >= deadline {
                 return Ok(Freshness::Stale);
             }
-            if watch.is_live() {
+            if let Some(rx) = announced.as_mut() {
                 let pause = Duration::from_millis(50).min(deadline - now);
                 tokio::select! {
-                    _ = &mut announced => {
+                    _ = rx => {
                         // Fired (or the watch went away): wait anew after the next check.
-                        announced = watch.wait_for(token.aggregate_id, token.version);
+                        announced = watch
+                            .is_live()
+                            .then(|| watch.wait_for(token.aggregate_id, token.version));
                     }
                     () = tokio::time::sleep(pause) => {}
                 }

@@ -299,9 +299,7 @@ pub async fn apply_batch_announcing(
 /// The general form: applies `items`, then (optionally) announces them, then runs `after`, all
 /// in one round trip and in that order, so `after` sees the applies done. Returns the items'
 /// outcomes and `after`'s raw replies (an error reply stays a value for the caller to judge).
-/// After a NOSCRIPT the whole pipeline runs again, `after` included: use commands that are
-/// safe to repeat (a read of new entries is: entries read by the lost run stay pending and are
-/// retried).
+/// After a NOSCRIPT only the applies run again (a second round trip); `after` ran once.
 ///
 /// # Errors
 /// As [`apply_batch`].
@@ -321,38 +319,42 @@ pub async fn apply_batch_then(
     if runnable.is_empty() && after.is_empty() {
         return Ok((outcomes.into_iter().flatten().collect(), vec![]));
     }
-    let mut pipe = redis::pipe();
-    for i in &runnable {
-        pipe.add_command(eval_cmd(&items[*i]));
-    }
-    if let Some(keys) = announce {
-        let pairs: Vec<(Uuid, i64)> = runnable
-            .iter()
-            .map(|i| (items[*i].aggregate_id, items[*i].version))
-            .collect();
-        if !pairs.is_empty() {
-            pipe.add_command(crate::visibility::announcement(keys, &pairs));
+    let applies = || {
+        let mut pipe = redis::pipe();
+        for i in &runnable {
+            pipe.add_command(eval_cmd(&items[*i]));
         }
-    }
+        if let Some(keys) = announce {
+            let pairs: Vec<(Uuid, i64)> = runnable
+                .iter()
+                .map(|i| (items[*i].aggregate_id, items[*i].version))
+                .collect();
+            if !pairs.is_empty() {
+                pipe.add_command(crate::visibility::announcement(keys, &pairs));
+            }
+        }
+        pipe.ignore_errors();
+        pipe
+    };
     let announced = usize::from(announce.is_some() && !runnable.is_empty());
+    let n = runnable.len();
+    let mut pipe = applies();
     for cmd in after {
         pipe.add_command(cmd);
     }
-    pipe.ignore_errors();
     let mut replies: Vec<Value> = pipe.query_async(conn).await?;
-    // After a Redis restart or SCRIPT FLUSH the script is gone: load it and run again. Items
-    // that ran before the NOSCRIPT (none: every EVALSHA of the batch failed the same way)
-    // are safe to rerun anyway thanks to the version guard.
+    let rest: Vec<Value> = replies.split_off((n + announced).min(replies.len()));
+    // After a Redis restart or SCRIPT FLUSH the script is gone: load it and run the applies
+    // again (not `after`: its replies from the first run stand). Items that ran before the
+    // NOSCRIPT (none: every EVALSHA of the batch failed the same way) are safe to rerun anyway
+    // thanks to the version guard.
     if replies.iter().any(is_noscript) {
         let _: String = APPLY_SCRIPT.prepare_invoke().load_async(conn).await?;
-        replies = pipe.query_async(conn).await?;
+        replies = applies().query_async(conn).await?;
     }
-    let n = runnable.len();
-    let mut replies = replies.into_iter();
-    for (i, reply) in runnable.into_iter().zip(replies.by_ref().take(n)) {
+    for (i, reply) in runnable.into_iter().zip(replies) {
         outcomes[i] = Some(parse_outcome(reply)?);
     }
-    let rest: Vec<Value> = replies.skip(announced).collect();
     Ok((
         outcomes
             .into_iter()

@@ -265,7 +265,8 @@ pub async fn pending(
 
 /// Claims `entries` for `consumer` (`XCLAIM`, which counts as a delivery) and returns them with
 /// their new delivery counts. Entries no longer in the stream are dropped from the pending
-/// list by Redis and not returned.
+/// list by Redis and not returned; entries delivered again since (idle less than `min_idle`
+/// now) are left where they are.
 ///
 /// # Errors
 /// [`StreamError`] when Redis fails.
@@ -275,6 +276,7 @@ pub async fn claim(
     group: &str,
     consumer: &str,
     entries: &[Pending],
+    min_idle: Duration,
 ) -> Result<Vec<Delivery>, StreamError> {
     if entries.is_empty() {
         return Ok(vec![]);
@@ -283,7 +285,7 @@ pub async fn claim(
         .arg(stream)
         .arg(group)
         .arg(consumer)
-        .arg(0)
+        .arg(min_idle.as_millis() as u64)
         .arg(entries.iter().map(|p| p.id.as_str()).collect::<Vec<_>>())
         .query_async(conn)
         .await?;

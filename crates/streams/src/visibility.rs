@@ -205,8 +205,10 @@ async fn subscribe(client: redis::Client, channel: String, inner: Arc<Inner>) {
                         _ = prune.tick() => inner.prune(),
                     }
                 }
-                // The connection ended: readers poll until it is back.
+                // The connection ended: readers poll until it is back, and nobody waits for
+                // what this subscription would have announced.
                 inner.live.store(false, Ordering::Release);
+                inner.prune();
             }
             Err(e) => {
                 outage.failed(&e);
