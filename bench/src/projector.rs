@@ -465,7 +465,10 @@ impl Pipeline {
                 ("DATABASE_SCHEMA", schema.to_owned()),
                 ("REDIS_URL", cfg.redis_url.clone()),
                 ("REDIS_KEY_PREFIX", prefix.to_owned()),
-                ("STREAM_PARTITIONS", "4".to_owned()),
+                (
+                    "STREAM_PARTITIONS",
+                    env_or("BENCH_E2E_PARTITIONS", 4u32).to_string(),
+                ),
                 ("JWT_SECRET", SECRET.to_owned()),
                 ("CONSUMER_NAME", "bench".to_owned()),
                 ("HTTP_ADDR", format!("127.0.0.1:{port}")),

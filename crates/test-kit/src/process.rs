@@ -103,14 +103,21 @@ impl Service {
     /// When it does not within `timeout`, printing the log.
     pub async fn wait_ready(&mut self, timeout: Duration) {
         let client = reqwest::Client::new();
-        let url = format!("{}/readyz", self.url());
         let deadline = std::time::Instant::now() + timeout;
+        let mut port_retries = 0;
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
+                // `free_port` cannot reserve the port: a parallel test may take it between the
+                // pick and the bind. Then move to another port and start again.
+                if port_retries < 5 && self.log_text().contains("Address already in use") {
+                    port_retries += 1;
+                    self.move_to_a_free_port();
+                    continue;
+                }
                 panic!("{} exited with {status}:\n{}", self.name, self.log_text());
             }
             if let Ok(r) = client
-                .get(&url)
+                .get(format!("{}/readyz", self.url()))
                 .timeout(Duration::from_secs(1))
                 .send()
                 .await
@@ -160,6 +167,18 @@ impl Service {
     /// SIGKILLs the process (a crash) and waits for it.
     pub async fn kill(&mut self) {
         let _ = self.child.kill().await;
+    }
+
+    /// Starts the same binary again on a newly picked port (the log file is started afresh).
+    fn move_to_a_free_port(&mut self) {
+        self.port = free_port();
+        for (k, v) in &mut self.env {
+            if k == "HTTP_ADDR" {
+                *v = format!("127.0.0.1:{}", self.port);
+            }
+        }
+        let _ = std::fs::remove_file(&self.log);
+        self.child = start(&self.path, &self.env, &self.log);
     }
 
     /// Starts the same binary again on the same port and settings.

@@ -35,12 +35,15 @@ impl TcpProxy {
             let generation = generation.clone();
             tokio::spawn(async move {
                 while let Ok((mut inbound, _)) = listener.accept().await {
+                    // Subscribe before looking at `up`: `down` clears `up` and then cuts, so a
+                    // connection that saw `up` is certain to hear the cut. (The other order let
+                    // a connection accepted at the instant of a cut live through the outage.)
+                    let mut cut = generation.subscribe();
                     if !up.load(Ordering::SeqCst) {
                         drop(inbound);
                         continue;
                     }
                     let target = target.clone();
-                    let mut cut = generation.subscribe();
                     tokio::spawn(async move {
                         let Ok(mut outbound) = TcpStream::connect(&target).await else {
                             return;
