@@ -9,13 +9,17 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use streams::{RedisPools, redis};
 
-/// `key` parsed from the environment, else `default`.
+/// `key` parsed from the environment, else `default`. A value that does not parse stops the
+/// benchmark with a clear message: silently measuring something else would be worse.
 #[must_use]
 pub fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
-    std::env::var(key)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+    match std::env::var(key) {
+        Err(_) => default,
+        Ok(v) => v.trim().parse().unwrap_or_else(|_| {
+            eprintln!("{key}={v:?} is not a valid value for {key}");
+            std::process::exit(2)
+        }),
+    }
 }
 
 /// `DATABASE_URL`, defaulting to the local server.
