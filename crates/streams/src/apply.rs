@@ -158,16 +158,23 @@ local arity = {SET = 1, DEL = 0, ZADD = 2, ZREM = 1, HINCRBY = 2, HSET = 2, HDEL
 -- fewer per event: every call from Lua costs the script about a microsecond).
 local want = {ZADD = 'zset', ZREM = 'zset', HINCRBY = 'hash', HSET = 'hash', HDEL = 'hash'}
 local n = tonumber(ARGV[6])
--- Pass 1: check every key's type, so that pass 2 cannot fail half-way.
+-- Pass 1: check every key's type, so that pass 2 cannot fail half-way. A key is asked once
+-- (a stats hash gets several HINCRBYs per event); ops that want one key as two types are
+-- refused, as the second would fail after the first had written.
+local checked = {}
 local i = 7
 for _ = 1, n do
   local op, key = ARGV[i], KEYS[tonumber(ARGV[i + 1])]
   if arity[op] == nil then return redis.error_reply('unknown op ' .. tostring(op)) end
-    if want[op] then
+    if want[op] and checked[key] and checked[key] ~= want[op] then
+    return redis.error_reply('WRONGTYPE ' .. key .. ' is wanted as a ' .. checked[key] .. ' and as a ' .. want[op])
+  end
+  if want[op] and not checked[key] then
     local have = redis.call('TYPE', key)['ok']
     if have ~= 'none' and have ~= want[op] then
       return redis.error_reply('WRONGTYPE ' .. key .. ' is a ' .. have .. ', ' .. op .. ' needs a ' .. want[op])
     end
+    checked[key] = want[op]
   end
   if op == 'HINCRBY' then
     local v = redis.call('HGET', key, ARGV[i + 2])

@@ -121,6 +121,40 @@ async fn a_refused_change_writes_nothing_at_all() {
     );
     let out = apply_batch(&mut *c, &[bad]).await.expect("apply");
     assert!(matches!(&out[0], ApplyOutcome::Rejected(_)));
+    // Two ops that want one (absent) key as two types: the second could only fail after the
+    // first had written, so the whole change is refused up front.
+    let both = format!("{}both", r.prefix);
+    let clash = item(
+        &r,
+        a,
+        1,
+        vec![
+            set(&r, "second", "y"),
+            Op::HIncrBy {
+                key: both.clone(),
+                field: "f".into(),
+                delta: 1,
+            },
+            Op::ZAdd {
+                key: both.clone(),
+                score: 1.0,
+                member: "m".into(),
+            },
+        ],
+        None,
+    );
+    let out = apply_batch(&mut *c, &[clash]).await.expect("apply");
+    assert!(
+        matches!(&out[0], ApplyOutcome::Rejected(m) if m.contains("WRONGTYPE")),
+        "{out:?}"
+    );
+    assert_eq!(get(&r, &format!("{}second", r.prefix)).await, None);
+    let exists: i64 = redis::cmd("EXISTS")
+        .arg(&both)
+        .query_async(&mut *c)
+        .await
+        .expect("exists");
+    assert_eq!(exists, 0, "nothing written");
 }
 
 #[tokio::test]
