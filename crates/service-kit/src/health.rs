@@ -26,6 +26,11 @@ pub struct Health {
     service: &'static str,
     checks: Vec<(&'static str, Check)>,
     draining: Arc<AtomicBool>,
+    /// The runtime the service was built on. Checks run there, not on the HTTP worker that
+    /// asked: a pooled connection lives on the runtime that opened it, and the HTTP workers'
+    /// runtimes end first at shutdown, closing connections the service's own loops may hold
+    /// at that moment (seen: the relay's lease release failing with "connection closed").
+    runtime: Option<tokio::runtime::Handle>,
 }
 
 impl std::fmt::Debug for Health {
@@ -60,13 +65,15 @@ pub struct Readiness {
 }
 
 impl Health {
-    /// Health with no checks yet.
+    /// Health with no checks yet; its checks will run on the current Tokio runtime (build it
+    /// where the service's own loops run).
     #[must_use]
     pub fn new(service: &'static str) -> Self {
         Self {
             service,
             checks: vec![],
             draining: Arc::new(AtomicBool::new(false)),
+            runtime: tokio::runtime::Handle::try_current().ok(),
         }
     }
 
@@ -114,7 +121,14 @@ impl Health {
     /// Runs every check concurrently, each bounded by a timeout.
     pub async fn readiness(&self) -> Readiness {
         let checks = join_all(self.checks.iter().map(|(name, check)| async move {
-            let outcome = tokio::time::timeout(CHECK_TIMEOUT, check()).await;
+            let run = tokio::time::timeout(CHECK_TIMEOUT, check());
+            let outcome = match &self.runtime {
+                Some(rt) => rt
+                    .spawn(run)
+                    .await
+                    .unwrap_or_else(|e| Ok(Err(format!("check task failed: {e}")))),
+                None => run.await,
+            };
             let error = match outcome {
                 Ok(Ok(())) => None,
                 Ok(Err(e)) => Some(e),

@@ -233,8 +233,7 @@ async fn an_outage_logs_its_start_and_end_once_and_counts_the_retries() {
         .sum();
     relay.terminate(Duration::from_secs(10)).await;
     let log = relay.log_text();
-    // The outage's window: up to the shutdown request. (Once seen in CI: one PostgreSQL
-    // connection closing while the relay drained after SIGTERM; not an outage of Redis.)
+    // The outage's window: up to the shutdown request (shutdown has tests of its own).
     let before_shutdown = log.split("shutdown requested").next().unwrap_or(&log);
     let warns = before_shutdown
         .lines()
