@@ -177,6 +177,20 @@ struct State {
     last_error: Option<String>,
 }
 
+impl State {
+    /// `e` is applied (or found applied already): if it was its aggregate's failing head, the
+    /// aggregate is no longer blocked and its followers are free to go.
+    fn settled(&mut self, e: &EventEnvelope) {
+        if self
+            .blocked
+            .get(&e.aggregate_id)
+            .is_some_and(|v| *v <= e.aggregate_version)
+        {
+            self.blocked.remove(&e.aggregate_id);
+        }
+    }
+}
+
 /// How long an entry may sit with another consumer of a held partition before this replica
 /// claims it (an old owner's in-flight batch is fenced, so this only needs to outlast it).
 const STRANDED_AFTER: Duration = Duration::from_secs(1);
@@ -770,13 +784,7 @@ impl Projector {
                     let mut state = self.lock();
                     state.applied_total += 1;
                     state.last_event = Some((e.event_id, now));
-                    if state
-                        .blocked
-                        .get(&e.aggregate_id)
-                        .is_some_and(|v| *v <= e.aggregate_version)
-                    {
-                        state.blocked.remove(&e.aggregate_id);
-                    }
+                    state.settled(e);
                     None
                 }
                 (Some(ApplyOutcome::Duplicate { .. }), _) => {
@@ -785,13 +793,7 @@ impl Projector {
                     // A failing head can become a duplicate (a rebuild applied it meanwhile):
                     // it is settled, so its followers are free to go.
                     let mut state = self.lock();
-                    if state
-                        .blocked
-                        .get(&e.aggregate_id)
-                        .is_some_and(|v| *v <= e.aggregate_version)
-                    {
-                        state.blocked.remove(&e.aggregate_id);
-                    }
+                    state.settled(e);
                     None
                 }
                 (Some(ApplyOutcome::Fenced), _) => {

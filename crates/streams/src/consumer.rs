@@ -139,6 +139,20 @@ pub async fn read_group_after(
     parse_read_reply(reply)
 }
 
+/// One `[id, fields]` entry of `stream` (fields nil for an entry deleted from the stream), as
+/// a first delivery.
+fn delivery(stream: &str, mut parts: Vec<Value>) -> Result<Delivery, StreamError> {
+    let fields_value = if parts.len() == 2 { parts.pop() } else { None };
+    let entry_id = string(parts.first().unwrap_or(&Value::Nil))?;
+    let envelope = fields_value.and_then(|f| field(&f, fields::ENVELOPE));
+    Ok(Delivery {
+        stream: stream.to_owned(),
+        entry_id,
+        envelope,
+        deliveries: 1,
+    })
+}
+
 /// Parses an `XREAD`/`XREADGROUP` reply by hand: the typed parser of the redis crate rejects
 /// the nil field lists Redis returns for pending entries that were deleted from the stream, and
 /// those must be seen (and acknowledged or dead-lettered), not crash the consumer.
@@ -178,18 +192,10 @@ pub fn parse_read_reply(reply: Value) -> Result<Vec<Delivery>, StreamError> {
             continue;
         };
         for entry in entries {
-            let Value::Array(mut parts) = entry else {
+            let Value::Array(parts) = entry else {
                 return Err(StreamError::Malformed(format!("entry {entry:?}")));
             };
-            let fields_value = if parts.len() == 2 { parts.pop() } else { None };
-            let entry_id = string(parts.first().unwrap_or(&Value::Nil))?;
-            let envelope = fields_value.and_then(|f| field(&f, fields::ENVELOPE));
-            out.push(Delivery {
-                stream: stream.clone(),
-                entry_id,
-                envelope,
-                deliveries: 1,
-            });
+            out.push(delivery(&stream, parts)?);
         }
     }
     Ok(out)
@@ -371,18 +377,10 @@ fn parse_entries(stream: &str, reply: Value) -> Result<Vec<Delivery>, StreamErro
     let mut out = Vec::new();
     for entry in entries {
         // Redis 6 answered nil for entries deleted from the stream; skip them.
-        let Value::Array(mut parts) = entry else {
+        let Value::Array(parts) = entry else {
             continue;
         };
-        let fields_value = if parts.len() == 2 { parts.pop() } else { None };
-        let entry_id = string(parts.first().unwrap_or(&Value::Nil))?;
-        let envelope = fields_value.and_then(|f| field(&f, fields::ENVELOPE));
-        out.push(Delivery {
-            stream: stream.to_owned(),
-            entry_id,
-            envelope,
-            deliveries: 1,
-        });
+        out.push(delivery(stream, parts)?);
     }
     Ok(out)
 }
