@@ -14,6 +14,8 @@
 //!   with the CPU each process used: on a small machine the whole pipeline, PostgreSQL and the
 //!   load generator share the cores, and the table shows where the knee is.
 //!
+//! `BENCH_ONLY=apply` or `BENCH_ONLY=e2e` runs one half.
+//!
 //! Prints a markdown report (also written to `target/bench/projector.md`).
 
 use std::collections::HashMap;
@@ -45,6 +47,8 @@ struct Config {
     rounds: usize,
     /// `PROJECTOR_BATCH_SIZE` (the projector's default unless `BENCH_BATCH` says otherwise).
     batch: usize,
+    /// `BENCH_ONLY`: `apply` or `e2e` runs one half of the bench (both when unset).
+    only: Option<String>,
 }
 
 #[tokio::main]
@@ -57,7 +61,15 @@ async fn main() -> anyhow::Result<()> {
         seconds: env_or("BENCH_SECONDS", 10),
         rounds: env_or("BENCH_ROUNDS", 3),
         batch: env_or("BENCH_BATCH", 256),
+        only: std::env::var("BENCH_ONLY").ok().filter(|s| !s.is_empty()),
     };
+    if let Some(only) = &cfg.only
+        && only != "apply"
+        && only != "e2e"
+    {
+        eprintln!("BENCH_ONLY={only:?}: expected \"apply\" or \"e2e\"");
+        std::process::exit(2);
+    }
     let stamp = time::OffsetDateTime::now_utc().unix_timestamp();
     let schema = format!("bench_projector_{stamp}");
     let prefix = format!("bench:{stamp}:");
@@ -80,16 +92,24 @@ async fn run(cfg: &Config, schema: &str, prefix: &str) -> anyhow::Result<String>
         "apply rate: {} events ({aggregates} tasks × {LIFECYCLE})…",
         events.len()
     );
-    let limit = apply_limit(cfg, &events, &format!("{prefix}limit:")).await?;
-    eprintln!("Redis limit for the apply script: {limit:.0} events/s");
-    let one = drain(cfg, schema, &format!("{prefix}p1:"), &events, 1, 1).await?;
-    eprintln!("1 replica, P = 1: {one:?}");
-    let two = drain(cfg, schema, &format!("{prefix}p4:"), &events, 4, 2).await?;
-    eprintln!("2 replicas, P = 4: {two:?}");
+    let apply = if cfg.only.as_deref() == Some("e2e") {
+        None
+    } else {
+        let limit = apply_limit(cfg, &events, &format!("{prefix}limit:")).await?;
+        eprintln!("Redis limit for the apply script: {limit:.0} events/s");
+        let one = drain(cfg, schema, &format!("{prefix}p1:"), &events, 1, 1).await?;
+        eprintln!("1 replica, P = 1: {one:?}");
+        let two = drain(cfg, schema, &format!("{prefix}p4:"), &events, 4, 2).await?;
+        eprintln!("2 replicas, P = 4: {two:?}");
+        Some((limit, one, two))
+    };
 
     let mut rounds = Vec::new();
     let e2e_prefix = format!("{prefix}e2e:");
-    let pipeline = Pipeline::start(cfg, schema, &e2e_prefix).await?;
+    let pipeline = match cfg.only.as_deref() {
+        Some("apply") => None,
+        _ => Some(Pipeline::start(cfg, schema, &e2e_prefix).await?),
+    };
     // The target rate several times (the host is noisy), then lower rates: where the knee is.
     let extra: Vec<u64> = std::env::var("BENCH_EXTRA_RATES")
         .unwrap_or_else(|_| "800,500".into())
@@ -100,6 +120,7 @@ async fn run(cfg: &Config, schema: &str, prefix: &str) -> anyhow::Result<String>
         .chain(extra)
         .collect();
     for (n, rate) in rates.into_iter().enumerate() {
+        let Some(pipeline) = &pipeline else { break };
         eprintln!(
             "end to end, round {}: POST /v1/tasks at {rate}/s for {} s…",
             n + 1,
@@ -112,33 +133,38 @@ async fn run(cfg: &Config, schema: &str, prefix: &str) -> anyhow::Result<String>
     let n = events.len() as f64;
     let rate = |d: Duration| n / d.as_secs_f64();
     let mut r = String::new();
-    writeln!(
-        r,
-        "### Projector apply rate ({} events: {aggregates} task lifecycles of {LIFECYCLE}, batch {})\n",
-        events.len(),
-        cfg.batch
-    )?;
-    writeln!(r, "| measure | value | ratio |")?;
-    writeln!(r, "|---|---|---|")?;
-    writeln!(
-        r,
-        "| Redis limit: the same apply-script calls sent straight to Redis, pipelined per batch of {}, 4 connections | {limit:.0} events/s | 1.00 |",
-        cfg.batch
-    )?;
-    for (label, (d, cpu)) in [("1 replica, P = 1", one), ("2 replicas, P = 4", two)] {
+    if let Some((limit, one, two)) = apply {
         writeln!(
             r,
-            "| projector-worker, {label} (start to empty group; CPU: projector {:.1} s, Redis {:.1} s) | {:.0} events/s ({:.2} s) | {:.2} × limit, {:.2} × target |",
-            cpu.projector.as_secs_f64(),
-            cpu.redis.as_secs_f64(),
-            rate(d),
-            d.as_secs_f64(),
-            rate(d) / limit,
-            rate(d) / 20_000.0
+            "### Projector apply rate ({} events: {aggregates} task lifecycles of {LIFECYCLE}, batch {})\n",
+            events.len(),
+            cfg.batch
         )?;
+        writeln!(r, "| measure | value | ratio |")?;
+        writeln!(r, "|---|---|---|")?;
+        writeln!(
+            r,
+            "| Redis limit: the same apply-script calls sent straight to Redis, pipelined per batch of {}, 4 connections | {limit:.0} events/s | 1.00 |",
+            cfg.batch
+        )?;
+        for (label, (d, cpu)) in [("1 replica, P = 1", one), ("2 replicas, P = 4", two)] {
+            writeln!(
+                r,
+                "| projector-worker, {label} (start to empty group; CPU: projector {:.1} s, Redis {:.1} s) | {:.0} events/s ({:.2} s) | {:.2} × limit, {:.2} × target |",
+                cpu.projector.as_secs_f64(),
+                cpu.redis.as_secs_f64(),
+                rate(d),
+                d.as_secs_f64(),
+                rate(d) / limit,
+                rate(d) / 20_000.0
+            )?;
+        }
+        writeln!(r, "| target | 20000 events/s | |")?;
+        writeln!(r)?;
     }
-    writeln!(r, "| target | 20000 events/s | |")?;
-    writeln!(r)?;
+    if rounds.is_empty() {
+        return Ok(r);
+    }
     writeln!(
         r,
         "| commit → visible in query-api (target rate {} commands/s) | commands | p50 | p99 | max |",

@@ -1,5 +1,6 @@
 //! The atomic apply step: one event's read-model change, the aggregate's applied version and
-//! (optionally) the stream acknowledgement, committed together by one Lua script.
+//! (optionally) the stream acknowledgement, committed together by a Lua script. One script
+//! call carries a whole run of events (up to 128), each of them all or nothing.
 //!
 //! This is what makes delivery at-least-once but effects exactly-once: a duplicate (a version
 //! already applied) changes nothing but is acknowledged; a gap (a version ahead of the next
@@ -133,119 +134,180 @@ pub enum ApplyOutcome {
     Rejected(String),
 }
 
+/// Items per script call. One call per batch instead of one per event saves Redis the
+/// per-call cost (dispatch, argument copying, the lease check); the cap keeps any one call
+/// short, as Redis serves nobody else while a script runs.
+const ITEMS_PER_CALL: usize = 128;
+
 const SCRIPT: &str = r"
--- KEYS[1] versions hash, KEYS[2] stream (or unused), KEYS[3] lease (or unused),
--- KEYS[4..] keys written by the ops.
--- ARGV[1] group, ARGV[2] entry id ('' = no ack), ARGV[3] aggregate id, ARGV[4] version,
--- ARGV[5] lease owner ('' = no fence), ARGV[6] op count, then per op: name, key index, args.
-if ARGV[5] ~= '' and redis.call('GET', KEYS[3]) ~= ARGV[5] then
-  return {3, 0}
-end
-local current = tonumber(redis.call('HGET', KEYS[1], ARGV[3]) or '0')
-local version = tonumber(ARGV[4])
-local function ack()
-  if ARGV[2] ~= '' then redis.call('XACK', KEYS[2], ARGV[1], ARGV[2]) end
-end
-if version <= current then
-  ack()
-  return {0, current}
-end
-if version ~= current + 1 then
-  return {2, current}
-end
+-- Applies a batch of items in order; each one is all or nothing.
+-- KEYS: every key the batch names, once each.
+-- ARGV[1] item count, then per item: versions-key index, aggregate id, version,
+-- stream-key index (0 = no ack), group, entry id, lease-key index (0 = no fence), owner,
+-- op count, then per op: name, key index, args.
+-- Returns one reply per item: {1, version} applied, {0, current} duplicate (acked),
+-- {2, current} gap, {3, 0} fenced, {4, message} refused (nothing written, not acked).
 local arity = {SET = 1, DEL = 0, ZADD = 2, ZREM = 1, HINCRBY = 2, HSET = 2, HDEL = 1}
--- SET and DEL succeed on a key of any type, so only the others are checked (one TYPE call
--- fewer per event: every call from Lua costs the script about a microsecond).
+-- SET and DEL succeed on a key of any type, so only the others are checked (every call from
+-- Lua costs the script about a microsecond).
 local want = {ZADD = 'zset', ZREM = 'zset', HINCRBY = 'hash', HSET = 'hash', HDEL = 'hash'}
-local n = tonumber(ARGV[6])
--- Pass 1: check every key's type, so that pass 2 cannot fail half-way. A key is asked once
--- (a stats hash gets several HINCRBYs per event); ops that want one key as two types are
--- refused, as the second would fail after the first had written.
-local checked = {}
-local i = 7
-for _ = 1, n do
-  local op, key = ARGV[i], KEYS[tonumber(ARGV[i + 1])]
-  if arity[op] == nil then return redis.error_reply('unknown op ' .. tostring(op)) end
-    if want[op] and checked[key] and checked[key] ~= want[op] then
-    return redis.error_reply('WRONGTYPE ' .. key .. ' is wanted as a ' .. checked[key] .. ' and as a ' .. want[op])
-  end
-  if want[op] and not checked[key] then
-    local have = redis.call('TYPE', key)['ok']
-    if have ~= 'none' and have ~= want[op] then
-      return redis.error_reply('WRONGTYPE ' .. key .. ' is a ' .. have .. ', ' .. op .. ' needs a ' .. want[op])
+local leases = {}
+local out = {}
+-- Pass 1 of an item: check every key's type, so that pass 2 cannot fail half-way. A key is
+-- asked once per item (a stats hash gets several HINCRBYs per event); ops that want one key
+-- as two types are refused, as the second would fail after the first had written.
+local function check(first, n)
+  local checked = {}
+  local i = first
+  for _ = 1, n do
+    local op, key = ARGV[i], KEYS[tonumber(ARGV[i + 1])]
+    local w = want[op]
+    if w then
+      if checked[key] and checked[key] ~= w then
+        return 'WRONGTYPE ' .. key .. ' is wanted as a ' .. checked[key] .. ' and as a ' .. w
+      end
+      if not checked[key] then
+        local have = redis.call('TYPE', key)['ok']
+        if have ~= 'none' and have ~= w then
+          return 'WRONGTYPE ' .. key .. ' is a ' .. have .. ', ' .. op .. ' needs a ' .. w
+        end
+        checked[key] = w
+      end
     end
-    checked[key] = want[op]
+    if op == 'HINCRBY' then
+      local v = redis.call('HGET', key, ARGV[i + 2])
+      if v and not tonumber(v) then return 'HINCRBY on a non-integer field of ' .. key end
+    end
+    i = i + 2 + arity[op]
   end
-  if op == 'HINCRBY' then
-    local v = redis.call('HGET', key, ARGV[i + 2])
-    if v and not tonumber(v) then return redis.error_reply('HINCRBY on a non-integer field of ' .. key) end
-  end
-  i = i + 2 + arity[op]
+  return nil
 end
 -- Pass 2: write.
-i = 7
-for _ = 1, n do
-  local op, key = ARGV[i], KEYS[tonumber(ARGV[i + 1])]
-  if op == 'SET' then redis.call('SET', key, ARGV[i + 2])
-  elseif op == 'DEL' then redis.call('DEL', key)
-  elseif op == 'ZADD' then redis.call('ZADD', key, ARGV[i + 2], ARGV[i + 3])
-  elseif op == 'ZREM' then redis.call('ZREM', key, ARGV[i + 2])
-  elseif op == 'HINCRBY' then redis.call('HINCRBY', key, ARGV[i + 2], ARGV[i + 3])
-  elseif op == 'HSET' then redis.call('HSET', key, ARGV[i + 2], ARGV[i + 3])
-  elseif op == 'HDEL' then redis.call('HDEL', key, ARGV[i + 2])
+local function write(first, n)
+  local i = first
+  for _ = 1, n do
+    local op, key = ARGV[i], KEYS[tonumber(ARGV[i + 1])]
+    if op == 'SET' then redis.call('SET', key, ARGV[i + 2])
+    elseif op == 'DEL' then redis.call('DEL', key)
+    elseif op == 'ZADD' then redis.call('ZADD', key, ARGV[i + 2], ARGV[i + 3])
+    elseif op == 'ZREM' then redis.call('ZREM', key, ARGV[i + 2])
+    elseif op == 'HINCRBY' then redis.call('HINCRBY', key, ARGV[i + 2], ARGV[i + 3])
+    elseif op == 'HSET' then redis.call('HSET', key, ARGV[i + 2], ARGV[i + 3])
+    elseif op == 'HDEL' then redis.call('HDEL', key, ARGV[i + 2])
+    end
+    i = i + 2 + arity[op]
   end
-  i = i + 2 + arity[op]
 end
-redis.call('HSET', KEYS[1], ARGV[3], version)
-ack()
-return {1, version}
+local i = 2
+for item = 1, tonumber(ARGV[1]) do
+  local versions, aggregate, version = KEYS[tonumber(ARGV[i])], ARGV[i + 1], tonumber(ARGV[i + 2])
+  local stream, group, entry = tonumber(ARGV[i + 3]), ARGV[i + 4], ARGV[i + 5]
+  local lease, owner, n = tonumber(ARGV[i + 6]), ARGV[i + 7], tonumber(ARGV[i + 8])
+  local first = i + 9
+  i = first
+  for _ = 1, n do
+    local a = arity[ARGV[i]]
+    if a == nil then return redis.error_reply('unknown op ' .. tostring(ARGV[i])) end
+    i = i + 2 + a
+  end
+  local function ack()
+    if stream > 0 then redis.call('XACK', KEYS[stream], group, entry) end
+  end
+  -- Nothing in a batch writes a lease key, so one GET per lease serves the whole call.
+  local holder = true
+  if lease > 0 then
+    if leases[lease] == nil then
+      local got = redis.pcall('GET', KEYS[lease])
+      if type(got) == 'table' and got.err then got = false end
+      leases[lease] = got or false
+    end
+    holder = leases[lease] == owner
+  end
+  if not holder then
+    out[item] = {3, 0}
+  else
+    local current = redis.pcall('HGET', versions, aggregate)
+    if type(current) == 'table' and current.err then
+      out[item] = {4, current.err}
+    else
+      current = tonumber(current or '0')
+      if version <= current then
+        ack()
+        out[item] = {0, current}
+      elseif version ~= current + 1 then
+        out[item] = {2, current}
+      else
+        local refused = check(first, n)
+        if refused then
+          out[item] = {4, refused}
+        else
+          write(first, n)
+          redis.call('HSET', versions, aggregate, version)
+          ack()
+          out[item] = {1, version}
+        end
+      end
+    end
+  end
+end
+return out
 ";
 
 static APPLY_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(SCRIPT));
 
-/// Builds the `EVALSHA` command for one item.
-fn eval_cmd(item: &ApplyItem) -> redis::Cmd {
-    let mut keys: Vec<&str> = vec![&item.versions_key];
-    let (group, entry, stream) = match &item.ack {
-        Some((stream, group, entry)) => (group.as_str(), entry.as_str(), stream.as_str()),
-        None => ("", "", item.versions_key.as_str()),
-    };
-    keys.push(stream);
-    let (lease, owner) = match &item.fence {
-        Some((lease, owner)) => (lease.as_str(), owner.as_str()),
-        None => (item.versions_key.as_str(), ""),
-    };
-    keys.push(lease);
+/// Builds the `EVALSHA` command for a run of items (at most [`ITEMS_PER_CALL`]).
+fn eval_cmd(items: &[&ApplyItem]) -> redis::Cmd {
+    let mut keys: Vec<&str> = Vec::new();
     let mut index: HashMap<&str, usize> = HashMap::new();
-    let mut args: Vec<String> = vec![
-        group.to_owned(),
-        entry.to_owned(),
-        item.aggregate_id.to_string(),
-        item.version.to_string(),
-        owner.to_owned(),
-        item.ops.len().to_string(),
-    ];
-    for op in &item.ops {
-        let key = op.key();
-        let k = *index.entry(key).or_insert_with(|| {
-            keys.push(key);
-            keys.len()
-        });
-        let (name, rest): (&str, Vec<String>) = match op {
-            Op::Set { value, .. } => ("SET", vec![value.clone()]),
-            Op::Del { .. } => ("DEL", vec![]),
-            Op::ZAdd { score, member, .. } => {
-                // Scores are validated finite by `validate`; format keeps full precision.
-                ("ZADD", vec![format!("{score}"), member.clone()])
-            }
-            Op::ZRem { member, .. } => ("ZREM", vec![member.clone()]),
-            Op::HIncrBy { field, delta, .. } => ("HINCRBY", vec![field.clone(), delta.to_string()]),
-            Op::HSet { field, value, .. } => ("HSET", vec![field.clone(), value.clone()]),
-            Op::HDel { field, .. } => ("HDEL", vec![field.clone()]),
+
+    let mut args: Vec<String> = vec![items.len().to_string()];
+    for item in items {
+        let mut k = |key| {
+            *index.entry(key).or_insert_with(|| {
+                keys.push(key);
+                keys.len()
+            })
         };
-        args.push(name.to_owned());
-        args.push(k.to_string());
-        args.extend(rest);
+        let versions = k(item.versions_key.as_str());
+        let (stream, group, entry) = match &item.ack {
+            Some((stream, group, entry)) => (k(stream.as_str()), group.as_str(), entry.as_str()),
+            None => (0, "", ""),
+        };
+        let (lease, owner) = match &item.fence {
+            Some((lease, owner)) => (k(lease.as_str()), owner.as_str()),
+            None => (0, ""),
+        };
+        args.extend([
+            versions.to_string(),
+            item.aggregate_id.to_string(),
+            item.version.to_string(),
+            stream.to_string(),
+            group.to_owned(),
+            entry.to_owned(),
+            lease.to_string(),
+            owner.to_owned(),
+            item.ops.len().to_string(),
+        ]);
+        for op in &item.ops {
+            let key = k(op.key());
+            let (name, rest): (&str, Vec<String>) = match op {
+                Op::Set { value, .. } => ("SET", vec![value.clone()]),
+                Op::Del { .. } => ("DEL", vec![]),
+                Op::ZAdd { score, member, .. } => {
+                    // Scores are validated finite by `validate`; format keeps full precision.
+                    ("ZADD", vec![format!("{score}"), member.clone()])
+                }
+                Op::ZRem { member, .. } => ("ZREM", vec![member.clone()]),
+                Op::HIncrBy { field, delta, .. } => {
+                    ("HINCRBY", vec![field.clone(), delta.to_string()])
+                }
+                Op::HSet { field, value, .. } => ("HSET", vec![field.clone(), value.clone()]),
+                Op::HDel { field, .. } => ("HDEL", vec![field.clone()]),
+            };
+            args.push(name.to_owned());
+            args.push(key.to_string());
+            args.extend(rest);
+        }
     }
     let mut cmd = redis::cmd("EVALSHA");
     cmd.arg(APPLY_SCRIPT.get_hash())
@@ -326,10 +388,12 @@ pub async fn apply_batch_then(
     if runnable.is_empty() && after.is_empty() {
         return Ok((outcomes.into_iter().flatten().collect(), vec![]));
     }
+    let chunks: Vec<&[usize]> = runnable.chunks(ITEMS_PER_CALL).collect();
     let applies = || {
         let mut pipe = redis::pipe();
-        for i in &runnable {
-            pipe.add_command(eval_cmd(&items[*i]));
+        for chunk in &chunks {
+            let run: Vec<&ApplyItem> = chunk.iter().map(|i| &items[*i]).collect();
+            pipe.add_command(eval_cmd(&run));
         }
         if let Some(keys) = announce {
             let pairs: Vec<(Uuid, i64)> = runnable
@@ -344,7 +408,7 @@ pub async fn apply_batch_then(
         pipe
     };
     let announced = usize::from(announce.is_some() && !runnable.is_empty());
-    let n = runnable.len();
+    let n = chunks.len();
     let mut pipe = applies();
     for cmd in after {
         pipe.add_command(cmd);
@@ -359,8 +423,10 @@ pub async fn apply_batch_then(
         let _: String = APPLY_SCRIPT.prepare_invoke().load_async(conn).await?;
         replies = applies().query_async(conn).await?;
     }
-    for (i, reply) in runnable.into_iter().zip(replies) {
-        outcomes[i] = Some(parse_outcome(reply)?);
+    for (chunk, reply) in chunks.iter().zip(replies) {
+        for (i, outcome) in chunk.iter().zip(parse_outcomes(reply, chunk.len())?) {
+            outcomes[*i] = Some(outcome);
+        }
     }
     Ok((
         outcomes
@@ -375,26 +441,40 @@ fn is_noscript(v: &Value) -> bool {
     matches!(v, Value::ServerError(e) if e.code() == "NOSCRIPT")
 }
 
-fn parse_outcome(reply: Value) -> Result<ApplyOutcome, StreamError> {
+/// One script call's reply: an outcome per item, or one error for all of them. A script that
+/// errors part-way may have applied the items before the failing one; reporting them refused
+/// is safe, as their retry finds them applied (duplicates).
+fn parse_outcomes(reply: Value, n: usize) -> Result<Vec<ApplyOutcome>, StreamError> {
     match reply {
-        Value::Array(v) => match v.as_slice() {
-            [Value::Int(code), Value::Int(current)] => Ok(match code {
-                1 => ApplyOutcome::Applied,
-                0 => ApplyOutcome::Duplicate { current: *current },
-                3 => ApplyOutcome::Fenced,
-                _ => ApplyOutcome::Gap { current: *current },
-            }),
-            other => Err(StreamError::Malformed(format!("apply reply {other:?}"))),
-        },
+        Value::Array(items) if items.len() == n => items.into_iter().map(parse_outcome).collect(),
         Value::ServerError(e) => {
             let err: redis::RedisError = e.into();
             match StreamError::from(err) {
-                StreamError::Redis(e) => Ok(ApplyOutcome::Rejected(e.to_string())),
+                StreamError::Redis(e) => Ok(vec![ApplyOutcome::Rejected(e.to_string()); n]),
                 other => Err(other),
             }
         }
-        other => Err(StreamError::Malformed(format!("apply reply {other:?}"))),
+        other => Err(StreamError::Malformed(format!(
+            "apply reply for {n} items: {other:?}"
+        ))),
     }
+}
+
+fn parse_outcome(reply: Value) -> Result<ApplyOutcome, StreamError> {
+    let Value::Array(v) = reply else {
+        return Err(StreamError::Malformed(format!("apply reply {reply:?}")));
+    };
+    Ok(match v.as_slice() {
+        [Value::Int(1), Value::Int(_)] => ApplyOutcome::Applied,
+        [Value::Int(0), Value::Int(current)] => ApplyOutcome::Duplicate { current: *current },
+        [Value::Int(2), Value::Int(current)] => ApplyOutcome::Gap { current: *current },
+        [Value::Int(3), Value::Int(_)] => ApplyOutcome::Fenced,
+        [Value::Int(4), Value::BulkString(m)] => {
+            ApplyOutcome::Rejected(String::from_utf8_lossy(m).into_owned())
+        }
+        [Value::Int(4), Value::SimpleString(m)] => ApplyOutcome::Rejected(m.clone()),
+        other => return Err(StreamError::Malformed(format!("apply reply {other:?}"))),
+    })
 }
 
 /// Reads the applied version of `aggregate_id` (0 when none).

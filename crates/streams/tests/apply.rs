@@ -303,3 +303,80 @@ async fn a_replica_without_the_lease_cannot_apply() {
         Some("from b")
     );
 }
+
+#[tokio::test]
+async fn one_refused_item_leaves_the_others_of_its_call_applied() {
+    let r = TestRedis::new().await;
+    let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+    let mut c = r.pools.commands.get().await.expect("conn");
+    let hash = format!("{}h", r.prefix);
+    let _: () = redis::cmd("SET")
+        .arg(&hash)
+        .arg("not a hash")
+        .query_async(&mut *c)
+        .await
+        .expect("set");
+    let refused = item(
+        &r,
+        b,
+        1,
+        vec![
+            set(&r, "b", "x"),
+            Op::HSet {
+                key: hash,
+                field: "f".into(),
+                value: "v".into(),
+            },
+        ],
+        None,
+    );
+    let out = apply_batch(
+        &mut *c,
+        &[
+            item(&r, a, 1, vec![set(&r, "a", "one")], None),
+            refused,
+            item(&r, a, 2, vec![set(&r, "a", "two")], None),
+        ],
+    )
+    .await
+    .expect("apply");
+    assert_eq!(out[0], ApplyOutcome::Applied);
+    assert!(
+        matches!(&out[1], ApplyOutcome::Rejected(m) if m.contains("WRONGTYPE")),
+        "{out:?}"
+    );
+    assert_eq!(out[2], ApplyOutcome::Applied);
+    assert_eq!(
+        get(&r, &format!("{}a", r.prefix)).await.as_deref(),
+        Some("two")
+    );
+    assert_eq!(get(&r, &format!("{}b", r.prefix)).await, None);
+    let versions = format!("{}versions", r.prefix);
+    let v = streams::apply::applied_version(&mut *c, &versions, b)
+        .await
+        .expect("version");
+    assert_eq!(v, 0, "the refused item's version does not move");
+}
+
+#[tokio::test]
+async fn a_batch_longer_than_one_script_call_applies_in_order() {
+    let r = TestRedis::new().await;
+    let a = Uuid::now_v7();
+    let mut c = r.pools.commands.get().await.expect("conn");
+    // 300 versions of one aggregate span three script calls; each call must see the last.
+    let items: Vec<ApplyItem> = (1..=300)
+        .map(|v| item(&r, a, v, vec![set(&r, "n", &v.to_string())], None))
+        .collect();
+    let out = apply_batch(&mut *c, &items).await.expect("apply");
+    assert_eq!(out, vec![ApplyOutcome::Applied; 300]);
+    assert_eq!(
+        get(&r, &format!("{}n", r.prefix)).await.as_deref(),
+        Some("300")
+    );
+    let again = apply_batch(&mut *c, &items[..2]).await.expect("apply");
+    assert_eq!(
+        again,
+        vec![ApplyOutcome::Duplicate { current: 300 }; 2],
+        "replays change nothing"
+    );
+}

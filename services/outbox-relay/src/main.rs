@@ -3,6 +3,9 @@ use outbox_relay::{Application, Cli};
 use service_kit::shutdown::{shutdown_signal, token_from};
 use service_kit::telemetry::init_tracing;
 
+#[global_allocator]
+static ALLOCATOR: service_kit::Allocator = service_kit::Allocator;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
