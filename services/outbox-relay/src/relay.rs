@@ -419,8 +419,14 @@ impl Relay {
         };
         while !stop.is_cancelled() {
             match self.drain_partition(partition).await {
-                Ok(_) => {
-                    self.outages.succeeded();
+                // An empty partition touched PostgreSQL only: it says nothing about Redis
+                // (counting it as Redis's recovery logged an outage as many short ones).
+                Ok(published) => {
+                    if published == 0 {
+                        self.outages.postgres_succeeded();
+                    } else {
+                        self.outages.succeeded();
+                    }
                     backoff.reset();
                     tokio::select! {
                         () = wake.notified() => {}
