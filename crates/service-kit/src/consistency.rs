@@ -97,8 +97,49 @@ impl ConsistencyWait {
         watch: &AppliedWatch,
         generation: i64,
     ) -> Result<Freshness, ApiError> {
+        Ok(self.settle_then(pools, watch, generation, None).await?.0)
+    }
+
+    /// [`ConsistencyWait::settle`], then the answer's own read: `read` rides in the same round
+    /// trip as every version check, so a fresh answer costs no round trip of its own. Returns
+    /// `read`'s reply from the check that ended the wait (fresh, or the last one when stale).
+    ///
+    /// # Errors
+    /// As [`ConsistencyWait::settle`]; `read`'s own error reply is returned as a value.
+    pub async fn settle_and_read(
+        &self,
+        pools: &RedisPools,
+        watch: &AppliedWatch,
+        generation: i64,
+        read: streams::redis::Cmd,
+    ) -> Result<(Freshness, streams::redis::Value), ApiError> {
+        let (freshness, reply) = self
+            .settle_then(pools, watch, generation, Some(read))
+            .await?;
+        Ok((freshness, reply.unwrap_or(streams::redis::Value::Nil)))
+    }
+
+    async fn settle_then(
+        &self,
+        pools: &RedisPools,
+        watch: &AppliedWatch,
+        generation: i64,
+        read: Option<streams::redis::Cmd>,
+    ) -> Result<(Freshness, Option<streams::redis::Value>), ApiError> {
         let Some(token) = &self.token else {
-            return Ok(Freshness::NotAsked);
+            let Some(read) = read else {
+                return Ok((Freshness::NotAsked, None));
+            };
+            let mut conn = pools
+                .commands
+                .get()
+                .await
+                .map_err(streams::StreamError::from)?;
+            let reply = read
+                .query_async(&mut conn)
+                .await
+                .map_err(streams::StreamError::from)?;
+            return Ok((Freshness::NotAsked, Some(reply)));
         };
         let versions = pools.keys.read_model(&token.module, generation).versions();
         let deadline = Instant::now() + self.wait;
@@ -109,20 +150,35 @@ impl ConsistencyWait {
             .is_live()
             .then(|| watch.wait_for(token.aggregate_id, token.version));
         loop {
-            let applied = {
+            let (applied, reply) = {
                 let mut conn = pools
                     .commands
                     .get()
                     .await
                     .map_err(streams::StreamError::from)?;
-                streams::apply::applied_version(&mut conn, &versions, token.aggregate_id).await?
+                let mut pipe = streams::redis::pipe();
+                pipe.add_command(streams::apply::applied_version_cmd(
+                    &versions,
+                    token.aggregate_id,
+                ));
+                if let Some(read) = &read {
+                    pipe.add_command(read.clone());
+                }
+                let mut replies: Vec<streams::redis::Value> = pipe
+                    .ignore_errors()
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(streams::StreamError::from)?;
+                let reply = (replies.len() > 1).then(|| replies.remove(1));
+                let applied = streams::apply::parse_applied_version(replies.swap_remove(0))?;
+                (applied, reply)
             };
             if applied >= token.version {
-                return Ok(Freshness::Fresh);
+                return Ok((Freshness::Fresh, reply));
             }
             let now = Instant::now();
             if now >= deadline {
-                return Ok(Freshness::Stale);
+                return Ok((Freshness::Stale, reply));
             }
             if let Some(rx) = announced.as_mut() {
                 let pause = Duration::from_millis(50).min(deadline - now);

@@ -486,10 +486,30 @@ pub async fn applied_version(
     versions_key: &str,
     aggregate_id: Uuid,
 ) -> Result<i64, StreamError> {
-    let v: Option<i64> = redis::cmd("HGET")
-        .arg(versions_key)
-        .arg(aggregate_id.to_string())
-        .query_async(conn)
-        .await?;
+    parse_applied_version(
+        applied_version_cmd(versions_key, aggregate_id)
+            .query_async(conn)
+            .await?,
+    )
+}
+
+/// The read behind [`applied_version`], to pipeline with other reads.
+#[must_use]
+pub fn applied_version_cmd(versions_key: &str, aggregate_id: Uuid) -> redis::Cmd {
+    let mut cmd = redis::cmd("HGET");
+    cmd.arg(versions_key).arg(aggregate_id.to_string());
+    cmd
+}
+
+/// The applied version in a reply to [`applied_version_cmd`] (0 when none).
+///
+/// # Errors
+/// [`StreamError`] for an error reply or a value that is not a version.
+pub fn parse_applied_version(reply: Value) -> Result<i64, StreamError> {
+    if let Value::ServerError(e) = reply {
+        return Err(redis::RedisError::from(e).into());
+    }
+    let v: Option<i64> = redis::from_redis_value(reply)
+        .map_err(|e| StreamError::Malformed(format!("applied version: {e}")))?;
     Ok(v.unwrap_or(0))
 }

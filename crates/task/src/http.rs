@@ -164,10 +164,13 @@ async fn get_task(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_uuid(&id, "id")?;
-    let freshness = wait.settle(&pools, &watch, queries.generation()).await?;
+    let (freshness, view) = wait
+        .settle_and_read(&pools, &watch, queries.generation(), queries.view_cmd(id))
+        .await?;
+    let task = TaskQueries::parse_view(id, view)?;
     // Another user's task answers exactly like a missing one. A 404 after a stale wait still
     // says `X-Consistency: stale`: "not visible yet" must not read as "gone".
-    let mut response = match queries.get(id).await?.filter(|t| t.user_id == user.0) {
+    let mut response = match task.filter(|t| t.user_id == user.0) {
         Some(task) => HttpResponse::Ok().json(task),
         None => actix_web::ResponseError::error_response(&ApiError::NotFound),
     };

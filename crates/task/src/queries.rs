@@ -83,10 +83,29 @@ impl TaskQueries {
     /// [`StreamError`] when Redis fails or the view is corrupt.
     pub async fn get(&self, id: Uuid) -> Result<Option<Task>, StreamError> {
         let mut conn = self.pool.get().await?;
-        let raw: Option<String> = redis::cmd("GET")
-            .arg(TaskKeys(&self.keys).view(id))
-            .query_async(&mut conn)
-            .await?;
+        let reply = self.view_cmd(id).query_async(&mut conn).await?;
+        Self::parse_view(id, reply)
+    }
+
+    /// The read behind [`TaskQueries::get`], for a caller that sends it in its own round trip
+    /// (a consistency wait checks the applied version in the same one).
+    #[must_use]
+    pub fn view_cmd(&self, id: Uuid) -> redis::Cmd {
+        let mut cmd = redis::cmd("GET");
+        cmd.arg(TaskKeys(&self.keys).view(id));
+        cmd
+    }
+
+    /// The task in a reply to [`TaskQueries::view_cmd`].
+    ///
+    /// # Errors
+    /// [`StreamError`] for an error reply or a corrupt view.
+    pub fn parse_view(id: Uuid, reply: redis::Value) -> Result<Option<Task>, StreamError> {
+        let raw: Option<String> = match reply {
+            redis::Value::ServerError(e) => return Err(redis::RedisError::from(e).into()),
+            v => redis::from_redis_value(v)
+                .map_err(|e| StreamError::Malformed(format!("task view {id}: {e}")))?,
+        };
         raw.map(|s| {
             serde_json::from_str(&s)
                 .map_err(|e| StreamError::Malformed(format!("task view {id}: {e}")))

@@ -190,7 +190,7 @@ async fn an_outage_logs_its_start_and_end_once_and_counts_the_retries() {
     let proxy = test_kit::proxy::TcpProxy::redis().await;
     let dir = std::env::temp_dir().join(format!("cqrs-outage-{}", db.schema));
     std::fs::create_dir_all(&dir).expect("dir");
-        // 5 aggregates over 8 partitions leave at least 3 partitions empty: their workers keep
+    // 5 aggregates over 8 partitions leave at least 3 partitions empty: their workers keep
     // polling PostgreSQL during the outage, which must not count as Redis recovering.
     let mut env = relay_env(&db, &redis, 8, None);
     env.retain(|(k, _)| k != "REDIS_URL");
@@ -200,7 +200,7 @@ async fn an_outage_logs_its_start_and_end_once_and_counts_the_retries() {
     let http = reqwest::Client::new();
 
     proxy.down();
-        write_events(&db.pool, 5, 50, 1, 8).await;
+    write_events(&db.pool, 5, 50, 1, 8).await;
     eventually(Duration::from_secs(5), "/readyz turns 503", || async {
         let r = http
             .get(format!("{}/readyz", relay.url()))
@@ -214,7 +214,7 @@ async fn an_outage_logs_its_start_and_end_once_and_counts_the_retries() {
     tokio::time::sleep(Duration::from_secs(4)).await;
     proxy.up();
     eventually(Duration::from_secs(20), "backlog published", || async {
-                let a = audit_streams(&db.pool, &redis.pools, "task", 8).await;
+        let a = audit_streams(&db.pool, &redis.pools, "task", 8).await;
         (a.committed == 50 && a.missing.is_empty()).then_some(())
     })
     .await;
