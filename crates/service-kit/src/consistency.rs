@@ -105,7 +105,8 @@ impl ConsistencyWait {
     /// `read`'s reply from the check that ended the wait (fresh, or the last one when stale).
     ///
     /// # Errors
-    /// As [`ConsistencyWait::settle`]; `read`'s own error reply is returned as a value.
+    /// As [`ConsistencyWait::settle`]. An error reply to `read` may come back as the value
+    /// (it shares a pipeline with the check), so the caller's parser must refuse it.
     pub async fn settle_and_read(
         &self,
         pools: &RedisPools,
@@ -116,7 +117,9 @@ impl ConsistencyWait {
         let (freshness, reply) = self
             .settle_then(pools, watch, generation, Some(read))
             .await?;
-        Ok((freshness, reply.unwrap_or(streams::redis::Value::Nil)))
+        let reply =
+            reply.ok_or_else(|| streams::StreamError::Malformed("no reply to the read".into()))?;
+        Ok((freshness, reply))
     }
 
     async fn settle_then(
@@ -164,14 +167,16 @@ impl ConsistencyWait {
                 if let Some(read) = &read {
                     pipe.add_command(read.clone());
                 }
-                let mut replies: Vec<streams::redis::Value> = pipe
+                let replies: Vec<streams::redis::Value> = pipe
                     .ignore_errors()
                     .query_async(&mut conn)
                     .await
                     .map_err(streams::StreamError::from)?;
-                let reply = (replies.len() > 1).then(|| replies.remove(1));
-                let applied = streams::apply::parse_applied_version(replies.swap_remove(0))?;
-                (applied, reply)
+                let mut replies = replies.into_iter();
+                let applied = streams::apply::parse_applied_version(
+                    replies.next().unwrap_or(streams::redis::Value::Nil),
+                )?;
+                (applied, replies.next())
             };
             if applied >= token.version {
                 return Ok((Freshness::Fresh, reply));

@@ -7,9 +7,12 @@
 //! one) changes nothing and is not acknowledged, so it is retried once its predecessor lands.
 //!
 //! A Lua script is atomic (nothing else runs in between) but does not roll back when a command
-//! fails half-way, so the script first checks that every key has the type its operation
-//! needs, and only then writes. Operations are validated when built, so a run that passed the
-//! checks cannot fail part-way.
+//! fails half-way, so the script first checks, per event, that every key has the type its
+//! operation needs (following the event's own earlier ops: a `SET` makes a string, a `DEL`
+//! frees the key) and that every `HINCRBY` field holds an integer, and only then writes. Data
+//! problems are answered per event, never raised. Should a call still fail as a whole (an
+//! error no check foresaw), its events are run again one per call, so each gets its own
+//! outcome and an error never spreads to the events that shared its call.
 
 use std::collections::HashMap;
 use std::sync::LazyLock;
@@ -130,7 +133,9 @@ pub enum ApplyOutcome {
     },
     /// The caller no longer holds the partition's lease: nothing changed, not acknowledged.
     Fenced,
-    /// Redis refused the script (a key of the wrong type, say): nothing changed.
+    /// Redis refused the change (a key of the wrong type, say): nothing of it was written, and
+    /// the entry was not acknowledged. (Only an error no check foresaw, raised by Redis half-way
+    /// through the event's writes, could leave part of them behind.)
     Rejected(String),
 }
 
@@ -153,30 +158,46 @@ local arity = {SET = 1, DEL = 0, ZADD = 2, ZREM = 1, HINCRBY = 2, HSET = 2, HDEL
 local want = {ZADD = 'zset', ZREM = 'zset', HINCRBY = 'hash', HSET = 'hash', HDEL = 'hash'}
 local leases = {}
 local out = {}
--- Pass 1 of an item: check every key's type, so that pass 2 cannot fail half-way. A key is
--- asked once per item (a stats hash gets several HINCRBYs per event); ops that want one key
--- as two types are refused, as the second would fail after the first had written.
+-- Pass 1 of an item: check every key's type and every HINCRBY field, so that pass 2 cannot
+-- fail half-way. A key is asked once per item (a stats hash gets several HINCRBYs per event);
+-- ops that want one key as two types are refused, as the second would fail after the first
+-- had written.
+local function integer(v)
+  return not v or (string.match(v, '^%-?%d+$') ~= nil and #v <= 18)
+end
 local function check(first, n)
-  local checked = {}
+  -- What the item's earlier ops leave behind: types[key] ('none' after a DEL), and
+  -- fields[key][field] (a value an earlier op wrote, false when removed); cleared[key] once a
+  -- SET or DEL replaced the whole key, so its stored fields no longer count.
+  local types, fields, cleared = {}, {}, {}
   local i = first
   for _ = 1, n do
     local op, key = ARGV[i], KEYS[tonumber(ARGV[i + 1])]
     local w = want[op]
     if w then
-      if checked[key] and checked[key] ~= w then
-        return 'WRONGTYPE ' .. key .. ' is wanted as a ' .. checked[key] .. ' and as a ' .. w
+      local have = types[key] or redis.call('TYPE', key)['ok']
+      if have ~= 'none' and have ~= w then
+        return 'WRONGTYPE ' .. key .. ' is a ' .. have .. ', ' .. op .. ' needs a ' .. w
       end
-      if not checked[key] then
-        local have = redis.call('TYPE', key)['ok']
-        if have ~= 'none' and have ~= w then
-          return 'WRONGTYPE ' .. key .. ' is a ' .. have .. ', ' .. op .. ' needs a ' .. w
-        end
-        checked[key] = w
-      end
+      types[key] = w
+    elseif op == 'SET' then
+      types[key], fields[key], cleared[key] = 'string', {}, true
+    elseif op == 'DEL' then
+      types[key], fields[key], cleared[key] = 'none', {}, true
     end
-    if op == 'HINCRBY' then
-      local v = redis.call('HGET', key, ARGV[i + 2])
-      if v and not tonumber(v) then return 'HINCRBY on a non-integer field of ' .. key end
+    if w == 'hash' then
+      fields[key] = fields[key] or {}
+      local field = ARGV[i + 2]
+      if op == 'HINCRBY' then
+        local v = fields[key][field]
+        if v == nil and not cleared[key] then v = redis.call('HGET', key, field) end
+        if not integer(v) then return 'HINCRBY on a non-integer field of ' .. key end
+        fields[key][field] = '0'
+      elseif op == 'HSET' then
+        fields[key][field] = ARGV[i + 3]
+      else
+        fields[key][field] = false
+      end
     end
     i = i + 2 + arity[op]
   end
@@ -214,39 +235,48 @@ for item = 1, tonumber(ARGV[1]) do
     if stream > 0 then redis.call('XACK', KEYS[stream], group, entry) end
   end
   -- Nothing in a batch writes a lease key, so one GET per lease serves the whole call.
-  local holder = true
+  local holder, refused = true, nil
   if lease > 0 then
     if leases[lease] == nil then
       local got = redis.pcall('GET', KEYS[lease])
-      if type(got) == 'table' and got.err then got = false end
+      if type(got) == 'table' and got.err then got = {err = got.err} end
       leases[lease] = got or false
+    end
+    if type(leases[lease]) == 'table' then
+      refused = 'lease ' .. KEYS[lease] .. ': ' .. leases[lease].err
     end
     holder = leases[lease] == owner
   end
-  if not holder then
-    out[item] = {3, 0}
-  else
-    local current = redis.pcall('HGET', versions, aggregate)
+  local current = nil
+  if refused == nil and holder then
+    current = redis.pcall('HGET', versions, aggregate)
     if type(current) == 'table' and current.err then
-      out[item] = {4, current.err}
+      refused = current.err
     else
       current = tonumber(current or '0')
-      if version <= current then
-        ack()
-        out[item] = {0, current}
-      elseif version ~= current + 1 then
-        out[item] = {2, current}
-      else
-        local refused = check(first, n)
-        if refused then
-          out[item] = {4, refused}
-        else
-          write(first, n)
-          redis.call('HSET', versions, aggregate, version)
-          ack()
-          out[item] = {1, version}
-        end
+      if current == nil then
+        refused = 'the applied version of ' .. aggregate .. ' in ' .. versions .. ' is not a number'
       end
+    end
+  end
+  if refused then
+    out[item] = {4, refused}
+  elseif not holder then
+    out[item] = {3, 0}
+  elseif version <= current then
+    ack()
+    out[item] = {0, current}
+  elseif version ~= current + 1 then
+    out[item] = {2, current}
+  else
+    local unfit = check(first, n)
+    if unfit then
+      out[item] = {4, unfit}
+    else
+      write(first, n)
+      redis.call('HSET', versions, aggregate, version)
+      ack()
+      out[item] = {1, version}
     end
   end
 end
@@ -335,8 +365,8 @@ fn validate(item: &ApplyItem) -> Result<(), String> {
 /// Applies `items` in order, pipelined: one round trip for the whole batch. Items of the same
 /// aggregate must be in version order; Redis runs them in that order.
 ///
-/// Returns one outcome per item. An item Redis refused is [`ApplyOutcome::Rejected`] and
-/// changed nothing; the others are unaffected.
+/// Returns one outcome per item. An item Redis refused is [`ApplyOutcome::Rejected`]; the
+/// others are unaffected.
 ///
 /// # Errors
 /// [`StreamError::Unavailable`] when Redis is down: then some items may have been applied
@@ -423,9 +453,27 @@ pub async fn apply_batch_then(
         let _: String = APPLY_SCRIPT.prepare_invoke().load_async(conn).await?;
         replies = applies().query_async(conn).await?;
     }
+    // A call that failed as a whole (an error no check foresaw) may have applied some of its
+    // items: run them again one per call, so each gets its own outcome (the applied ones come
+    // back as duplicates) and the error stays with the item that raised it.
+    let mut alone: Vec<usize> = Vec::new();
     for (chunk, reply) in chunks.iter().zip(replies) {
+        if chunk.len() > 1 && matches!(reply, Value::ServerError(_)) {
+            alone.extend(chunk.iter().copied());
+            continue;
+        }
         for (i, outcome) in chunk.iter().zip(parse_outcomes(reply, chunk.len())?) {
             outcomes[*i] = Some(outcome);
+        }
+    }
+    if !alone.is_empty() {
+        let mut pipe = redis::pipe();
+        for i in &alone {
+            pipe.add_command(eval_cmd(&[&items[*i]]));
+        }
+        let replies: Vec<Value> = pipe.ignore_errors().query_async(conn).await?;
+        for (i, reply) in alone.iter().zip(replies) {
+            outcomes[*i] = parse_outcomes(reply, 1)?.into_iter().next();
         }
     }
     Ok((
@@ -441,9 +489,8 @@ fn is_noscript(v: &Value) -> bool {
     matches!(v, Value::ServerError(e) if e.code() == "NOSCRIPT")
 }
 
-/// One script call's reply: an outcome per item, or one error for all of them. A script that
-/// errors part-way may have applied the items before the failing one; reporting them refused
-/// is safe, as their retry finds them applied (duplicates).
+/// One script call's reply: an outcome per item, or one error for all of them (for a call of
+/// one item, that item's refusal).
 fn parse_outcomes(reply: Value, n: usize) -> Result<Vec<ApplyOutcome>, StreamError> {
     match reply {
         Value::Array(items) if items.len() == n => items.into_iter().map(parse_outcome).collect(),

@@ -380,3 +380,160 @@ async fn a_batch_longer_than_one_script_call_applies_in_order() {
         "replays change nothing"
     );
 }
+
+#[tokio::test]
+async fn each_event_is_checked_against_its_own_earlier_ops() {
+    let r = TestRedis::new().await;
+    let mut c = r.pools.commands.get().await.expect("conn");
+    let h = format!("{}h", r.prefix);
+    let _: () = redis::cmd("HSET")
+        .arg(&h)
+        .arg("text")
+        .arg("abc")
+        .arg("half")
+        .arg("1.5")
+        .query_async(&mut *c)
+        .await
+        .expect("hset");
+    let hincr = |field: &str| Op::HIncrBy {
+        key: h.clone(),
+        field: field.into(),
+        delta: 1,
+    };
+    let cases: Vec<(Vec<Op>, bool)> = vec![
+        // HINCRBY would fail on a field an earlier op of the same event set to text.
+        (
+            vec![
+                Op::HSet {
+                    key: h.clone(),
+                    field: "n".into(),
+                    value: "x".into(),
+                },
+                hincr("n"),
+            ],
+            false,
+        ),
+        // Only integers: Lua's tonumber would accept "1.5", HINCRBY does not (and the HSET
+        // before it must not land either).
+        (
+            vec![
+                Op::HSet {
+                    key: h.clone(),
+                    field: "m".into(),
+                    value: "1".into(),
+                },
+                hincr("half"),
+            ],
+            false,
+        ),
+        // A SET makes the key a string: a later hash op of the event would fail.
+        (
+            vec![
+                set(&r, "h", "now a string"),
+                Op::HSet {
+                    key: h.clone(),
+                    field: "f".into(),
+                    value: "v".into(),
+                },
+            ],
+            false,
+        ),
+        // A DEL frees the key: the stored text field is gone, so the HINCRBY is fine.
+        (vec![Op::Del { key: h.clone() }, hincr("text")], true),
+    ];
+    for (n, (ops, fits)) in cases.into_iter().enumerate() {
+        let out = apply_batch(&mut *c, &[item(&r, Uuid::now_v7(), 1, ops, None)])
+            .await
+            .expect("apply");
+        if fits {
+            assert_eq!(out, vec![ApplyOutcome::Applied], "case {n}");
+        } else {
+            assert!(
+                matches!(&out[0], ApplyOutcome::Rejected(_)),
+                "case {n}: {out:?}"
+            );
+            let fields: Vec<String> = redis::cmd("HKEYS")
+                .arg(&h)
+                .query_async(&mut *c)
+                .await
+                .expect("hkeys");
+            assert_eq!(fields.len(), 2, "case {n} wrote nothing: {fields:?}");
+        }
+    }
+    let text: Option<i64> = redis::cmd("HGET")
+        .arg(&h)
+        .arg("text")
+        .query_async(&mut *c)
+        .await
+        .expect("hget");
+    assert_eq!(text, Some(1), "DEL then HINCRBY applied");
+}
+
+#[tokio::test]
+async fn an_error_no_check_foresaw_stays_with_its_own_event() {
+    let r = TestRedis::new().await;
+    let mut c = r.pools.commands.get().await.expect("conn");
+    let (a, b, d, e) = (
+        Uuid::now_v7(),
+        Uuid::now_v7(),
+        Uuid::now_v7(),
+        Uuid::now_v7(),
+    );
+    // The acknowledgement of `b` names a "stream" that is a string: XACK raises, which no
+    // check of the script foresees. A corrupt applied version for `d` is refused politely.
+    let not_a_stream = format!("{}not-a-stream", r.prefix);
+    let versions = format!("{}versions", r.prefix);
+    let _: () = redis::cmd("SET")
+        .arg(&not_a_stream)
+        .arg("x")
+        .query_async(&mut *c)
+        .await
+        .expect("set");
+    let _: () = redis::cmd("HSET")
+        .arg(&versions)
+        .arg(d.to_string())
+        .arg("garbage")
+        .query_async(&mut *c)
+        .await
+        .expect("hset");
+    let out = apply_batch(
+        &mut *c,
+        &[
+            item(&r, a, 1, vec![set(&r, "a", "1")], None),
+            item(
+                &r,
+                b,
+                1,
+                vec![set(&r, "b", "1")],
+                Some((not_a_stream, "g".into(), "1-1".into())),
+            ),
+            item(&r, d, 1, vec![set(&r, "d", "1")], None),
+            item(&r, e, 1, vec![set(&r, "e", "1")], None),
+        ],
+    )
+    .await
+    .expect("apply");
+    assert!(
+        matches!(
+            out[0],
+            ApplyOutcome::Applied | ApplyOutcome::Duplicate { current: 1 }
+        ),
+        "{out:?}"
+    );
+    assert!(
+        matches!(&out[1], ApplyOutcome::Rejected(m) if m.contains("WRONGTYPE")),
+        "{out:?}"
+    );
+    assert!(
+        matches!(&out[2], ApplyOutcome::Rejected(m) if m.contains("not a number")),
+        "{out:?}"
+    );
+    assert_eq!(out[3], ApplyOutcome::Applied, "{out:?}");
+    for (k, want) in [("a", Some("1")), ("d", None), ("e", Some("1"))] {
+        assert_eq!(
+            get(&r, &format!("{}{k}", r.prefix)).await.as_deref(),
+            want,
+            "{k}"
+        );
+    }
+}
