@@ -163,41 +163,43 @@ local out = {}
 -- ops that want one key as two types are refused, as the second would fail after the first
 -- had written.
 local function integer(v)
-  return not v or (string.match(v, '^%-?%d+$') ~= nil and #v <= 18)
+  return not v or (#v <= 18 and string.find(v, '^%-?%d+$') ~= nil)
 end
 local function check(first, n)
-  -- What the item's earlier ops leave behind: types[key] ('none' after a DEL), and
-  -- fields[key][field] (a value an earlier op wrote, false when removed); cleared[key] once a
-  -- SET or DEL replaced the whole key, so its stored fields no longer count.
-  local types, fields, cleared = {}, {}, {}
+  -- types[key]: what the item's earlier ops leave the key as ('none' after a DEL; 'fresh'
+  -- for a hash the item creates after a SET or DEL, whose stored fields are gone). fields
+  -- (made only when needed): values earlier HSET/HDELs of the item wrote, by key and field.
+  -- One table per item in the common case: every allocation here costs every event.
+  local types, fields = {}, nil
   local i = first
   for _ = 1, n do
     local op, key = ARGV[i], KEYS[tonumber(ARGV[i + 1])]
     local w = want[op]
     if w then
       local have = types[key] or redis.call('TYPE', key)['ok']
+      local fresh = have == 'fresh' or (have == 'none' and types[key] == 'none')
+      if have == 'fresh' then have = 'hash' end
       if have ~= 'none' and have ~= w then
         return 'WRONGTYPE ' .. key .. ' is a ' .. have .. ', ' .. op .. ' needs a ' .. w
       end
-      types[key] = w
-    elseif op == 'SET' then
-      types[key], fields[key], cleared[key] = 'string', {}, true
-    elseif op == 'DEL' then
-      types[key], fields[key], cleared[key] = 'none', {}, true
-    end
-    if w == 'hash' then
-      fields[key] = fields[key] or {}
-      local field = ARGV[i + 2]
-      if op == 'HINCRBY' then
-        local v = fields[key][field]
-        if v == nil and not cleared[key] then v = redis.call('HGET', key, field) end
-        if not integer(v) then return 'HINCRBY on a non-integer field of ' .. key end
-        fields[key][field] = '0'
-      elseif op == 'HSET' then
-        fields[key][field] = ARGV[i + 3]
-      else
-        fields[key][field] = false
+      types[key] = (fresh and w == 'hash') and 'fresh' or w
+      if w == 'hash' then
+        local field = ARGV[i + 2]
+        local written = fields and fields[key]
+        if op == 'HINCRBY' then
+          local v = written and written[field]
+          if v == nil and not fresh then v = redis.call('HGET', key, field) end
+          if not integer(v) then return 'HINCRBY on a non-integer field of ' .. key end
+          if written then written[field] = '0' end
+        else
+          fields = fields or {}
+          fields[key] = written or {}
+          fields[key][field] = op == 'HSET' and ARGV[i + 3] or false
+        end
       end
+    elseif op == 'SET' or op == 'DEL' then
+      types[key] = op == 'SET' and 'string' or 'none'
+      if fields then fields[key] = nil end
     end
     i = i + 2 + arity[op]
   end
