@@ -16,6 +16,16 @@ async fn get(r: &TestRedis, key: &str) -> Option<String> {
         .expect("get")
 }
 
+/// A plain `SET`, for tests that plant a key of the wrong type.
+async fn raw_set(c: &mut impl redis::aio::ConnectionLike, key: &str, value: &str) {
+    let _: () = redis::cmd("SET")
+        .arg(key)
+        .arg(value)
+        .query_async(c)
+        .await
+        .expect("set");
+}
+
 fn item(
     r: &TestRedis,
     aggregate: Uuid,
@@ -81,12 +91,7 @@ async fn a_refused_change_writes_nothing_at_all() {
     let a = Uuid::now_v7();
     let mut c = r.pools.commands.get().await.expect("conn");
     let hash = format!("{}h", r.prefix);
-    let _: () = redis::cmd("SET")
-        .arg(&hash)
-        .arg("not a hash")
-        .query_async(&mut *c)
-        .await
-        .expect("set");
+    raw_set(&mut *c, &hash, "not a hash").await;
     // The first op would succeed, the second hits a key of the wrong type: neither may land.
     let ops = vec![
         set(&r, "first", "x"),
@@ -284,12 +289,7 @@ async fn a_replica_without_the_lease_cannot_apply() {
     let a = Uuid::now_v7();
     let lease = format!("{}lease", r.prefix);
     let mut c = r.pools.commands.get().await.expect("conn");
-    let _: () = streams::redis::cmd("SET")
-        .arg(&lease)
-        .arg("replica-b")
-        .query_async(&mut *c)
-        .await
-        .expect("set");
+    raw_set(&mut *c, &lease, "replica-b").await;
     let mut stale = item(&r, a, 1, vec![set(&r, "v", "from a")], None);
     stale.fence = Some((lease.clone(), "replica-a".into()));
     let mut current = item(&r, a, 1, vec![set(&r, "v", "from b")], None);
@@ -310,12 +310,7 @@ async fn one_refused_item_leaves_the_others_of_its_call_applied() {
     let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
     let mut c = r.pools.commands.get().await.expect("conn");
     let hash = format!("{}h", r.prefix);
-    let _: () = redis::cmd("SET")
-        .arg(&hash)
-        .arg("not a hash")
-        .query_async(&mut *c)
-        .await
-        .expect("set");
+    raw_set(&mut *c, &hash, "not a hash").await;
     let refused = item(
         &r,
         b,
@@ -483,12 +478,7 @@ async fn an_error_no_check_foresaw_stays_with_its_own_event() {
     // check of the script foresees. A corrupt applied version for `d` is refused politely.
     let not_a_stream = format!("{}not-a-stream", r.prefix);
     let versions = format!("{}versions", r.prefix);
-    let _: () = redis::cmd("SET")
-        .arg(&not_a_stream)
-        .arg("x")
-        .query_async(&mut *c)
-        .await
-        .expect("set");
+    raw_set(&mut *c, &not_a_stream, "x").await;
     let _: () = redis::cmd("HSET")
         .arg(&versions)
         .arg(d.to_string())
