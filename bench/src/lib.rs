@@ -253,3 +253,34 @@ pub fn publish_report(name: &str, report: &str) -> anyhow::Result<()> {
     std::fs::write(format!("target/bench/{name}.md"), report)?;
     Ok(())
 }
+
+/// Times `sql` (one statement, its own transaction) on PostgreSQL `rate` times a second until
+/// `done`: with `SELECT 1`, the floor any PostgreSQL-backed hop could reach at that moment on
+/// this host; with a one-row `INSERT`, the floor of any durable commit (it waits for the WAL
+/// flush, so it sees the disk's stalls too). A stall of the host shows here as it does in the
+/// measured path; a queue in the measured path does not. Returns the round trips, sorted.
+#[must_use]
+pub fn floor_probe(
+    pool: &outbox::Pool,
+    sql: &'static str,
+    rate: u64,
+    done: tokio_util::sync::CancellationToken,
+) -> tokio::task::JoinHandle<Vec<Duration>> {
+    let pool = pool.clone();
+    tokio::spawn(async move {
+        let Ok(client) = pool.get().await else {
+            return Vec::new();
+        };
+        let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate.max(1) as f64));
+        let mut out = Vec::new();
+        while !done.is_cancelled() {
+            tick.tick().await;
+            let t = std::time::Instant::now();
+            if client.simple_query(sql).await.is_ok() {
+                out.push(t.elapsed());
+            }
+        }
+        out.sort();
+        out
+    })
+}

@@ -79,13 +79,18 @@ async fn main() -> anyhow::Result<()> {
     })?;
     outbox::migrate::migrate(&pool, &schema).await?;
     let redis = RedisPools::connect(&RedisSettings::new(cfg.redis_url.clone(), prefix.clone()))?;
-    let result = run(&cfg, &schema, &prefix).await;
+    let result = run(&cfg, &pool, &schema, &prefix).await;
     bench::clean_up(&pool, &schema, &redis, &prefix).await;
     bench::publish_report("projector", &result?)?;
     Ok(())
 }
 
-async fn run(cfg: &Config, schema: &str, prefix: &str) -> anyhow::Result<String> {
+async fn run(
+    cfg: &Config,
+    pool: &outbox::Pool,
+    schema: &str,
+    prefix: &str,
+) -> anyhow::Result<String> {
     let events = lifecycles(cfg.events);
     let aggregates = events.len() / LIFECYCLE;
     eprintln!(
@@ -108,7 +113,7 @@ async fn run(cfg: &Config, schema: &str, prefix: &str) -> anyhow::Result<String>
     let e2e_prefix = format!("{prefix}e2e:");
     let pipeline = match cfg.only.as_deref() {
         Some("apply") => None,
-        _ => Some(Pipeline::start(cfg, schema, &e2e_prefix).await?),
+        _ => Some(Pipeline::start(cfg, pool, schema, &e2e_prefix).await?),
     };
     // The target rate several times (the host is noisy), then lower rates: where the knee is.
     let extra: Vec<u64> = std::env::var("BENCH_EXTRA_RATES")
@@ -191,6 +196,20 @@ async fn run(cfg: &Config, schema: &str, prefix: &str) -> anyhow::Result<String>
             ms(percentile(&round.command, 0.99)),
             ms(percentile(&round.command, 1.0))
         )?;
+        for (what, probe) in [
+            ("a bare PostgreSQL round trip", &round.floor),
+            ("a one-row durable commit", &round.floor_commit),
+        ] {
+            writeln!(
+                r,
+                "| round {}: floor, {what} at {FLOOR_RATE}/s meanwhile | {} | {:.2} ms | {:.2} ms | {:.2} ms |",
+                i + 1,
+                probe.len(),
+                ms(percentile(probe, 0.5)),
+                ms(percentile(probe, 0.99)),
+                ms(percentile(probe, 1.0))
+            )?;
+        }
     }
     writeln!(r, "| target p99 | | | 25 ms | |")?;
     writeln!(r)?;
@@ -477,6 +496,8 @@ struct Cpu {
 /// The whole pipeline as release processes on one schema and prefix.
 struct Pipeline {
     _procs: Vec<Proc>,
+    /// For the floor probe.
+    pool: outbox::Pool,
     command_url: String,
     query_url: String,
     tokens: Vec<String>,
@@ -484,7 +505,12 @@ struct Pipeline {
 }
 
 impl Pipeline {
-    async fn start(cfg: &Config, schema: &str, prefix: &str) -> anyhow::Result<Self> {
+    async fn start(
+        cfg: &Config,
+        pool: &outbox::Pool,
+        schema: &str,
+        prefix: &str,
+    ) -> anyhow::Result<Self> {
         let env = |port: u16| -> Vec<(&str, String)> {
             vec![
                 ("DATABASE_URL", cfg.pg_url.clone()),
@@ -515,6 +541,14 @@ impl Pipeline {
             wait_ready(&url, Duration::from_secs(20)).await?;
             urls.insert(name, url);
         }
+        // The durable-commit probe's table (the run's schema goes at clean-up).
+        pool.get()
+            .await?
+            .batch_execute(
+                "CREATE TABLE IF NOT EXISTS bench_floor (id bigserial PRIMARY KEY, \
+                 at timestamptz NOT NULL DEFAULT now())",
+            )
+            .await?;
         let mut tokens = Vec::new();
         for _ in 0..50 {
             let out = std::process::Command::new(bench::release_bin("command-api")?)
@@ -537,6 +571,7 @@ impl Pipeline {
         }
         Ok(Self {
             _procs: procs,
+            pool: pool.clone(),
             command_url: urls["command-api"].clone(),
             query_url: urls["query-api"].clone(),
             tokens,
@@ -557,10 +592,16 @@ impl Pipeline {
         let mut clients = tokio::task::JoinSet::new();
         let mut cpu_before = None;
         let mut started = Instant::now();
+        let done = tokio_util::sync::CancellationToken::new();
+        let mut probe = None;
         for n in 0..warmup + total {
             if n == warmup {
                 cpu_before = Some(bench::cpu_by_command());
                 started = Instant::now();
+                probe = Some((
+                    bench::floor_probe(&self.pool, "SELECT 1", FLOOR_RATE, done.clone()),
+                    bench::floor_probe(&self.pool, FLOOR_COMMIT, FLOOR_RATE, done.clone()),
+                ));
             }
             tick.tick().await;
             let (http, measured) = (self.http.clone(), measured.clone());
@@ -603,10 +644,18 @@ impl Pipeline {
                 anyhow::Ok(())
             });
         }
-        while let Some(done) = clients.join_next().await {
-            done??;
+        while let Some(finished) = clients.join_next().await {
+            finished??;
         }
         let wall = started.elapsed();
+        done.cancel();
+        let (floor, floor_commit) = match probe {
+            Some((read, commit)) => (
+                read.await.unwrap_or_default(),
+                commit.await.unwrap_or_default(),
+            ),
+            None => (Vec::new(), Vec::new()),
+        };
         let before = cpu_before.unwrap_or_default();
         let mut round =
             std::mem::take(&mut *measured.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
@@ -624,6 +673,8 @@ impl Pipeline {
         round.cpu.sort_by_key(|(_, t)| std::cmp::Reverse(*t));
         round.wall = wall;
         round.rate = rate;
+        round.floor = floor;
+        round.floor_commit = floor_commit;
         round.command.sort();
         round.visible.sort();
         ensure!(
@@ -648,4 +699,17 @@ struct Round {
     wall: Duration,
     /// Commands per second.
     rate: u64,
+    /// A bare PostgreSQL round trip at [`FLOOR_RATE`] during the round, sorted: where the host
+    /// itself stalled.
+    floor: Vec<Duration>,
+    /// A one-row durable commit at [`FLOOR_RATE`] during the round, sorted: where the disk
+    /// stalled every commit, the commands' included.
+    floor_commit: Vec<Duration>,
 }
+
+/// Probes per second (of each kind) during an end-to-end round: enough for a p99, too few to
+/// load the machine being measured.
+const FLOOR_RATE: u64 = 100;
+
+/// The durable-commit probe: a one-row insert in its own transaction.
+const FLOOR_COMMIT: &str = "INSERT INTO bench_floor DEFAULT VALUES";

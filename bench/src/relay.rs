@@ -471,22 +471,7 @@ async fn latency(cfg: &Config, pool: &outbox::Pool, redis: &RedisPools) -> anyho
     let warmup = cfg.rate as usize;
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / cfg.rate as f64));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let probe = {
-        let (pool, done, rate) = (pool.clone(), done.clone(), cfg.rate);
-        tokio::spawn(async move {
-            let client = pool.get().await.expect("pg");
-            let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
-            let mut out = Vec::new();
-            while !done.is_cancelled() {
-                tick.tick().await;
-                let t = Instant::now();
-                if client.simple_query("SELECT 1").await.is_ok() {
-                    out.push(t.elapsed());
-                }
-            }
-            out
-        })
-    };
+    let probe = bench::floor_probe(pool, "SELECT 1", cfg.rate, done.clone());
     let mut writers = tokio::task::JoinSet::new();
     for n in 0..warmup + total {
         tick.tick().await;
@@ -518,8 +503,7 @@ async fn latency(cfg: &Config, pool: &outbox::Pool, redis: &RedisPools) -> anyho
     tokio::time::sleep(Duration::from_secs(1)).await;
     done.cancel();
     let _ = reader.await;
-    let mut probe = probe.await.unwrap_or_default();
-    probe.sort();
+    let probe = probe.await.unwrap_or_default();
     let committed = committed.lock().expect("lock");
     let received = received.lock().expect("lock");
     let mut lat: Vec<Duration> = committed

@@ -110,8 +110,8 @@ pub struct ApplyItem {
     /// `(stream, group, entry id)` to acknowledge in the same step; `None` when replaying
     /// history that did not come from a stream.
     pub ack: Option<(String, String, String)>,
-    /// `(lease key, owner)`: apply only if `owner` still holds the lease, checked in the same
-    /// atomic step. `None` for writers that hold no lease (replays, re-drives of a parked
+    /// `(lease key, owner)`: apply only if `owner` (not empty) still holds the lease, checked in
+    /// the same atomic step. `None` for writers that hold no lease (replays, re-drives of a parked
     /// aggregate, which no consumer touches).
     pub fence: Option<(String, String)>,
 }
