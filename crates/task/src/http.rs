@@ -241,9 +241,15 @@ async fn task_stats(
     pools: web::Data<RedisPools>,
     watch: web::Data<AppliedWatch>,
 ) -> Result<HttpResponse, ApiError> {
-    let freshness = wait.settle(&pools, &watch, queries.generation()).await?;
-    let stats = queries.stats(user.0).await?;
-    let mut response = HttpResponse::Ok().json(stats);
+    let (freshness, reply) = wait
+        .settle_and_read(
+            &pools,
+            &watch,
+            queries.generation(),
+            queries.stats_cmd(user.0),
+        )
+        .await?;
+    let mut response = HttpResponse::Ok().json(TaskQueries::parse_stats(reply)?);
     mark(&mut response, freshness);
     Ok(response)
 }

@@ -178,11 +178,30 @@ impl TaskQueries {
     /// [`StreamError`] when Redis fails.
     pub async fn stats(&self, user: Uuid) -> Result<TaskStats, StreamError> {
         let mut conn = self.pool.get().await?;
-        let values: Vec<Option<i64>> = redis::cmd("HMGET")
-            .arg(TaskKeys(&self.keys).stats(user))
-            .arg(&TaskStats::FIELDS[..])
-            .query_async(&mut conn)
-            .await?;
+        let reply = self.stats_cmd(user).query_async(&mut conn).await?;
+        Self::parse_stats(reply)
+    }
+
+    /// The read behind [`TaskQueries::stats`], for a caller that sends it in its own round
+    /// trip.
+    #[must_use]
+    pub fn stats_cmd(&self, user: Uuid) -> redis::Cmd {
+        let mut cmd = redis::cmd("HMGET");
+        cmd.arg(TaskKeys(&self.keys).stats(user))
+            .arg(&TaskStats::FIELDS[..]);
+        cmd
+    }
+
+    /// The stats in a reply to [`TaskQueries::stats_cmd`].
+    ///
+    /// # Errors
+    /// [`StreamError`] for an error reply or values that are not counts.
+    pub fn parse_stats(reply: redis::Value) -> Result<TaskStats, StreamError> {
+        let values: Vec<Option<i64>> = match reply {
+            redis::Value::ServerError(e) => return Err(redis::RedisError::from(e).into()),
+            v => redis::from_redis_value(v)
+                .map_err(|e| StreamError::Malformed(format!("task stats: {e}")))?,
+        };
         let mut out = [0i64; 7];
         for (o, v) in out.iter_mut().zip(values) {
             *o = v.unwrap_or(0);
