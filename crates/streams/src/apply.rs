@@ -291,7 +291,6 @@ static APPLY_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(SCRIPT));
 fn eval_cmd(items: &[&ApplyItem]) -> redis::Cmd {
     let mut keys: Vec<&str> = Vec::new();
     let mut index: HashMap<&str, usize> = HashMap::new();
-
     let mut args: Vec<String> = vec![items.len().to_string()];
     for item in items {
         let mut k = |key| {
