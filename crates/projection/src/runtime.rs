@@ -1299,8 +1299,7 @@ pub enum ReplayError {
 
 /// One reply of a pipeline, typed; a missing or misshapen reply is [`StreamError::Malformed`].
 fn parse_reply<T: redis::FromRedisValue>(v: Option<redis::Value>) -> Result<T, StreamError> {
-    redis::from_redis_value(v.unwrap_or(redis::Value::Nil))
-        .map_err(|e| StreamError::Malformed(format!("read-model load: {e}")))
+    streams::error::from_reply(v.unwrap_or(redis::Value::Nil), "read-model load")
 }
 
 /// Reads, in one `MULTI` (so all of it describes the same instant): the keys the batch's

@@ -554,10 +554,6 @@ pub fn applied_version_cmd(versions_key: &str, aggregate_id: Uuid) -> redis::Cmd
 /// # Errors
 /// [`StreamError`] for an error reply or a value that is not a version.
 pub fn parse_applied_version(reply: Value) -> Result<i64, StreamError> {
-    if let Value::ServerError(e) = reply {
-        return Err(redis::RedisError::from(e).into());
-    }
-    let v: Option<i64> = redis::from_redis_value(reply)
-        .map_err(|e| StreamError::Malformed(format!("applied version: {e}")))?;
+    let v: Option<i64> = crate::error::from_reply(reply, "applied version")?;
     Ok(v.unwrap_or(0))
 }

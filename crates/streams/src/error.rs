@@ -68,3 +68,20 @@ impl From<deadpool_redis::PoolError> for StreamError {
         }
     }
 }
+
+/// Converts one reply of a pipeline (where an error reply arrives as a value) into `T`: an
+/// error reply becomes the [`StreamError`] it stands for, a value of the wrong shape
+/// [`StreamError::Malformed`] naming `what`.
+///
+/// # Errors
+/// As described.
+pub fn from_reply<T: deadpool_redis::redis::FromRedisValue>(
+    reply: deadpool_redis::redis::Value,
+    what: &str,
+) -> Result<T, StreamError> {
+    if let deadpool_redis::redis::Value::ServerError(e) = reply {
+        return Err(RedisError::from(e).into());
+    }
+    deadpool_redis::redis::from_redis_value(reply)
+        .map_err(|e| StreamError::Malformed(format!("{what}: {e}")))
+}

@@ -101,11 +101,7 @@ impl TaskQueries {
     /// # Errors
     /// [`StreamError`] for an error reply or a corrupt view.
     pub fn parse_view(id: Uuid, reply: redis::Value) -> Result<Option<Task>, StreamError> {
-        let raw: Option<String> = match reply {
-            redis::Value::ServerError(e) => return Err(redis::RedisError::from(e).into()),
-            v => redis::from_redis_value(v)
-                .map_err(|e| StreamError::Malformed(format!("task view {id}: {e}")))?,
-        };
+        let raw: Option<String> = streams::error::from_reply(reply, &format!("task view {id}"))?;
         raw.map(|s| {
             serde_json::from_str(&s)
                 .map_err(|e| StreamError::Malformed(format!("task view {id}: {e}")))
@@ -197,11 +193,7 @@ impl TaskQueries {
     /// # Errors
     /// [`StreamError`] for an error reply or values that are not counts.
     pub fn parse_stats(reply: redis::Value) -> Result<TaskStats, StreamError> {
-        let values: Vec<Option<i64>> = match reply {
-            redis::Value::ServerError(e) => return Err(redis::RedisError::from(e).into()),
-            v => redis::from_redis_value(v)
-                .map_err(|e| StreamError::Malformed(format!("task stats: {e}")))?,
-        };
+        let values: Vec<Option<i64>> = streams::error::from_reply(reply, "task stats")?;
         let mut out = [0i64; 7];
         for (o, v) in out.iter_mut().zip(values) {
             *o = v.unwrap_or(0);
