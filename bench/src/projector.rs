@@ -1,11 +1,12 @@
 //! Projector benchmark (`make bench`), next to the limits of this machine measured in the same
 //! run:
 //!
-//! - **apply rate**: a stream pre-filled with task lifecycles (created → updated → started →
-//!   completed) drained by the release `projector-worker`, 1 replica on 1 partition and 2
-//!   replicas on 4 partitions; beside it, the Redis limit for the apply script: the very same
-//!   script calls (planned in memory beforehand, with their acknowledgements and lease checks)
-//!   sent straight to Redis, batch by batch, with no projector in between;
+//! - **apply rate**, for every module of the registry: a stream pre-filled with the module's
+//!   sample history (task lifecycles: created → updated → started → completed) drained by the
+//!   release `projector-worker`, 1 replica on 1 partition and 2 replicas on 4 partitions;
+//!   beside it, the Redis limit for the apply script: the very same script calls (planned in
+//!   memory beforehand, with their acknowledgements and lease checks) sent straight to Redis,
+//!   batch by batch, with no projector in between;
 //! - **end to end**: `POST /v1/tasks` at a steady rate through command-api, outbox-relay,
 //!   projector-worker and query-api (all release processes); latency from the command's answer
 //!   (the commit) to query-api answering the task when asked with the command's consistency
@@ -24,18 +25,18 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
-use bench::{Proc, env_or, free_port, ms, percentile, wait_ready};
-use events::{EventContext, EventEnvelope};
+use bench::{env_or, ms, percentile};
+use events::EventEnvelope;
+use modules::Module;
 use outbox::PgSettings;
 use projection::{PlanOutcome, ViewState};
 use streams::apply::{ApplyItem, ApplyOutcome};
+use streams::keys::INITIAL_GENERATION;
 use streams::publisher::{self, StreamEntry};
 use streams::{RedisPools, RedisSettings, consumer, redis};
-use task::domain::{TaskCompleted, TaskCreated, TaskUpdated};
-use task::{TaskEvent, TaskType};
+use test_kit::process::{Process, cpu_by_command, cpu_time, find_binary, free_port, wait_ready};
 use uuid::Uuid;
 
-const GROUP: &str = "task_projection_group";
 const SECRET: &str = "bench-secret-0123456789";
 
 struct Config {
@@ -91,23 +92,24 @@ async fn run(
     schema: &str,
     prefix: &str,
 ) -> anyhow::Result<String> {
-    let events = lifecycles(cfg.events);
-    let aggregates = events.len() / LIFECYCLE;
-    eprintln!(
-        "apply rate: {} events ({aggregates} tasks × {LIFECYCLE})…",
-        events.len()
-    );
-    let apply = if cfg.only.as_deref() == Some("e2e") {
-        None
-    } else {
-        let limit = apply_limit(cfg, &events, &format!("{prefix}limit:")).await?;
-        eprintln!("Redis limit for the apply script: {limit:.0} events/s");
-        let one = drain(cfg, schema, &format!("{prefix}p1:"), &events, 1, 1).await?;
-        eprintln!("1 replica, P = 1: {one:?}");
-        let two = drain(cfg, schema, &format!("{prefix}p4:"), &events, 4, 2).await?;
-        eprintln!("2 replicas, P = 4: {two:?}");
-        Some((limit, one, two))
-    };
+    let mut applies = Vec::new();
+    if cfg.only.as_deref() != Some("e2e") {
+        for module in modules::ALL {
+            let name = module.spec.name;
+            let events = (module.sample_history)(cfg.events);
+            eprintln!("apply rate, {name}: {} events…", events.len());
+            let limit =
+                apply_limit(cfg, module, &events, &format!("{prefix}{name}:limit:")).await?;
+            eprintln!("Redis limit for the apply script: {limit:.0} events/s");
+            let p1 = format!("{prefix}{name}:p1:");
+            let one = drain(cfg, schema, &p1, module, &events, 1, 1).await?;
+            eprintln!("1 replica, P = 1: {one:?}");
+            let p4 = format!("{prefix}{name}:p4:");
+            let two = drain(cfg, schema, &p4, module, &events, 4, 2).await?;
+            eprintln!("2 replicas, P = 4: {two:?}");
+            applies.push((module, events, limit, one, two));
+        }
+    }
 
     let mut rounds = Vec::new();
     let e2e_prefix = format!("{prefix}e2e:");
@@ -135,14 +137,18 @@ async fn run(
     }
     drop(pipeline);
 
-    let n = events.len() as f64;
-    let rate = |d: Duration| n / d.as_secs_f64();
     let mut r = String::new();
-    if let Some((limit, one, two)) = apply {
+    for (module, events, limit, one, two) in applies {
+        let n = events.len() as f64;
+        let rate = |d: Duration| n / d.as_secs_f64();
+        let aggregates: std::collections::HashSet<Uuid> =
+            events.iter().map(|e| e.aggregate_id).collect();
         writeln!(
             r,
-            "### Projector apply rate ({} events: {aggregates} task lifecycles of {LIFECYCLE}, batch {})\n",
+            "### Projector apply rate, {} ({} events of {} aggregates, batch {})\n",
+            module.spec.name,
             events.len(),
+            aggregates.len(),
             cfg.batch
         )?;
         writeln!(r, "| measure | value | ratio |")?;
@@ -235,57 +241,11 @@ async fn run(
     Ok(r)
 }
 
-/// Events per task: created, updated, started, completed.
-const LIFECYCLE: usize = 4;
-
-/// `n` events (rounded down to whole lifecycles) in the order a busy system would publish them:
-/// version 1 of every task, then version 2 of every task, and so on, so one aggregate's events
-/// lie far apart. 500 users own the tasks.
-fn lifecycles(n: usize) -> Vec<EventEnvelope> {
-    let tasks = n / LIFECYCLE;
-    let users: Vec<Uuid> = (0..500).map(|_| Uuid::now_v7()).collect();
-    let ids: Vec<Uuid> = (0..tasks).map(|_| Uuid::now_v7()).collect();
-    let mut out = Vec::with_capacity(tasks * LIFECYCLE);
-    for version in 1..=LIFECYCLE as i64 {
-        for (i, id) in ids.iter().enumerate() {
-            let user = users[i % users.len()];
-            let event = match version {
-                1 => TaskEvent::Created(TaskCreated {
-                    user_id: user,
-                    title: format!("Read chapter {i} of the Rust book"),
-                    task_type: TaskType::Learning,
-                    tags: vec!["rust".into(), "ownership".into()],
-                    estimated_minutes: 45,
-                    priority: 3,
-                    difficulty: 2,
-                    due_date: None,
-                }),
-                2 => TaskEvent::Updated(TaskUpdated {
-                    estimated_minutes: Some(60),
-                    ..TaskUpdated::default()
-                }),
-                3 => TaskEvent::Started,
-                _ => TaskEvent::Completed(TaskCompleted {
-                    actual_minutes: 50,
-                    note: None,
-                }),
-            };
-            out.push(EventContext::new(Some(user), None, "bench").envelope(
-                task::AGGREGATE_TYPE,
-                *id,
-                version,
-                event.event_type(),
-                event.payload(),
-            ));
-        }
-    }
-    out
-}
-
-/// XADDs `events` to the task streams of `pools` routed over `partitions`; returns the entry
-/// ids in the order of `events`.
+/// XADDs `events` to `module`'s streams of `pools` routed over `partitions`; returns the
+/// entry ids in the order of `events`.
 async fn publish(
     pools: &RedisPools,
+    module: &Module,
     events: &[EventEnvelope],
     partitions: u32,
 ) -> anyhow::Result<Vec<(String, String)>> {
@@ -294,7 +254,7 @@ async fn publish(
         .iter()
         .map(|e| {
             (
-                routing.stream_for("task", e.aggregate_id),
+                routing.stream_for(module.spec.name, e.aggregate_id),
                 e.event_id.to_string(),
                 e.to_json(),
             )
@@ -323,32 +283,38 @@ async fn publish(
 /// in pipelined batches over 4 connections (each owning a quarter of the aggregates, so each
 /// aggregate's versions arrive in order), with the acknowledgement of a real pending entry and
 /// the lease check the projector sends. Returns events/s.
-async fn apply_limit(cfg: &Config, events: &[EventEnvelope], prefix: &str) -> anyhow::Result<f64> {
+async fn apply_limit(
+    cfg: &Config,
+    module: &Module,
+    events: &[EventEnvelope],
+    prefix: &str,
+) -> anyhow::Result<f64> {
     let pools = RedisPools::connect(&RedisSettings::new(
         cfg.redis_url.clone(),
         prefix.to_owned(),
     ))?;
-    let keys = pools.keys.read_model("task", 1);
+    let keys = pools.keys.read_model(module.spec.name, INITIAL_GENERATION);
+    let group = module.spec.consumer_group;
     let refs: Vec<&EventEnvelope> = events.iter().collect();
     let plans = projection::plan(
-        &task::TaskProjection,
+        (module.projection)().as_ref(),
         &keys,
         &refs,
         &HashMap::new(),
         &mut ViewState::default(),
     );
-    let entries = publish(&pools, events, 1).await?;
+    let entries = publish(&pools, module, events, 1).await?;
     let stream = entries.first().map(|e| e.0.clone()).context("no events")?;
     let lease = format!("{prefix}lease");
     {
         let mut conn = pools.commands.get().await?;
-        consumer::ensure_group(&mut *conn, &stream, GROUP).await?;
+        consumer::ensure_group(&mut *conn, &stream, group).await?;
         // Deliver every entry to the group, so that each XACK in the script has work to do.
         let mut delivered = 0;
         while delivered < events.len() {
             let got = consumer::read_group(
                 &mut *conn,
-                GROUP,
+                group,
                 "limit",
                 std::slice::from_ref(&stream),
                 consumer::ReadFrom::New,
@@ -368,14 +334,14 @@ async fn apply_limit(cfg: &Config, events: &[EventEnvelope], prefix: &str) -> an
     let mut lanes: Vec<Vec<ApplyItem>> = vec![Vec::new(); 4];
     for ((event, plan), (_, entry)) in events.iter().zip(plans).zip(entries) {
         let PlanOutcome::Apply(ops) = plan else {
-            bail!("the task projection refused {}: {plan:?}", event.event_type);
+            bail!("the projection refused {}: {plan:?}", event.event_type);
         };
         lanes[(event.aggregate_id.as_u128() % 4) as usize].push(ApplyItem {
             versions_key: keys.versions(),
             aggregate_id: event.aggregate_id,
             version: event.aggregate_version,
             ops,
-            ack: Some((stream.clone(), GROUP.to_owned(), entry)),
+            ack: Some((stream.clone(), group.to_owned(), entry)),
             fence: Some((lease.clone(), "limit".to_owned())),
         });
     }
@@ -409,13 +375,15 @@ async fn apply_limit(cfg: &Config, events: &[EventEnvelope], prefix: &str) -> an
     Ok(events.len() as f64 / took.as_secs_f64())
 }
 
-/// Fills fresh streams with `events` over `partitions`, starts `replicas` projector-worker
-/// processes, and times them from start until every group has read and acknowledged
-/// everything; then checks the read model holds every task at its last version.
+/// Fills fresh streams of `module` with `events` over `partitions`, starts `replicas`
+/// projector-worker processes, and times them from start until every group has read and
+/// acknowledged everything; then checks the read model holds every aggregate at its last
+/// version.
 async fn drain(
     cfg: &Config,
     schema: &str,
     prefix: &str,
+    module: &Module,
     events: &[EventEnvelope],
     partitions: u32,
     replicas: usize,
@@ -424,13 +392,14 @@ async fn drain(
         cfg.redis_url.clone(),
         prefix.to_owned(),
     ))?;
-    publish(&pools, events, partitions).await?;
-    let streams = pools.keys.routing(partitions).streams("task");
+    publish(&pools, module, events, partitions).await?;
+    let streams = pools.keys.routing(partitions).streams(module.spec.name);
+    let group = module.spec.consumer_group;
     let redis_cpu = bench::redis_cpu(&pools).await?;
     let started = Instant::now();
-    let procs: Vec<Proc> = (0..replicas)
+    let procs: Vec<Process> = (0..replicas)
         .map(|i| {
-            Proc::spawn(
+            Process::spawn(
                 "projector-worker",
                 &[
                     ("DATABASE_URL", cfg.pg_url.clone()),
@@ -445,7 +414,7 @@ async fn drain(
                 ],
             )
         })
-        .collect::<anyhow::Result<_>>()?;
+        .collect::<std::io::Result<_>>()?;
     let mut conn = pools.commands.get().await?;
     loop {
         let mut done = true;
@@ -453,7 +422,7 @@ async fn drain(
             let groups = consumer::groups(&mut *conn, s).await?;
             done &= groups
                 .iter()
-                .any(|g| g.name == GROUP && g.pending == 0 && g.lag == Some(0));
+                .any(|g| g.name == group && g.pending == 0 && g.lag == Some(0));
         }
         if done {
             break;
@@ -468,18 +437,27 @@ async fn drain(
     }
     let took = started.elapsed();
     let cpu = Cpu {
-        projector: procs.iter().map(|p| bench::cpu_time(p.pid())).sum(),
+        projector: procs.iter().map(|p| cpu_time(p.pid())).sum(),
         redis: bench::redis_cpu(&pools).await? - redis_cpu,
     };
     drop(procs);
-    let versions: Vec<i64> = redis::cmd("HVALS")
-        .arg(pools.keys.read_model("task", 1).versions())
+    let versions: HashMap<String, i64> = redis::cmd("HGETALL")
+        .arg(
+            pools
+                .keys
+                .read_model(module.spec.name, INITIAL_GENERATION)
+                .versions(),
+        )
         .query_async(&mut *conn)
         .await?;
+    let mut last: HashMap<String, i64> = HashMap::new();
+    for e in events {
+        let v = last.entry(e.aggregate_id.to_string()).or_default();
+        *v = (*v).max(e.aggregate_version);
+    }
     ensure!(
-        versions.len() == events.len() / LIFECYCLE
-            && versions.iter().all(|v| *v == LIFECYCLE as i64),
-        "the read model does not hold every task at version {LIFECYCLE}"
+        versions == last,
+        "the read model does not hold every aggregate at its last version"
     );
     Ok((took, cpu))
 }
@@ -495,7 +473,7 @@ struct Cpu {
 
 /// The whole pipeline as release processes on one schema and prefix.
 struct Pipeline {
-    _procs: Vec<Proc>,
+    _procs: Vec<Process>,
     /// For the floor probe.
     pool: outbox::Pool,
     command_url: String,
@@ -535,10 +513,12 @@ impl Pipeline {
             "outbox-relay",
             "projector-worker",
         ] {
-            let port = free_port()?;
-            procs.push(Proc::spawn(name, &env(port))?);
+            let port = free_port();
+            procs.push(Process::spawn(name, &env(port))?);
             let url = format!("http://127.0.0.1:{port}");
-            wait_ready(&url, Duration::from_secs(20)).await?;
+            wait_ready(&url, Duration::from_secs(20))
+                .await
+                .map_err(anyhow::Error::msg)?;
             urls.insert(name, url);
         }
         // The durable-commit probe's table (the run's schema goes at clean-up).
@@ -551,17 +531,18 @@ impl Pipeline {
             .await?;
         let mut tokens = Vec::new();
         for _ in 0..50 {
-            let out = std::process::Command::new(bench::release_bin("command-api")?)
-                .args([
-                    "token",
-                    "--user",
-                    &Uuid::now_v7().to_string(),
-                    "--ttl",
-                    "1h",
-                ])
-                .env("JWT_SECRET", SECRET)
-                .output()
-                .context("minting a token")?;
+            let out =
+                std::process::Command::new(find_binary("command-api").map_err(anyhow::Error::msg)?)
+                    .args([
+                        "token",
+                        "--user",
+                        &Uuid::now_v7().to_string(),
+                        "--ttl",
+                        "1h",
+                    ])
+                    .env("JWT_SECRET", SECRET)
+                    .output()
+                    .context("minting a token")?;
             ensure!(
                 out.status.success(),
                 "token: {}",
@@ -596,7 +577,7 @@ impl Pipeline {
         let mut probe = None;
         for n in 0..warmup + total {
             if n == warmup {
-                cpu_before = Some(bench::cpu_by_command());
+                cpu_before = Some(cpu_by_command());
                 started = Instant::now();
                 probe = Some((
                     bench::floor_probe(&self.pool, "SELECT 1", FLOOR_RATE, done.clone()),
@@ -660,7 +641,7 @@ impl Pipeline {
         let mut round =
             std::mem::take(&mut *measured.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
         // Processes that ended meanwhile (none here) would show as negative: saturating.
-        round.cpu = bench::cpu_by_command()
+        round.cpu = cpu_by_command()
             .into_iter()
             .map(|(name, t)| {
                 (

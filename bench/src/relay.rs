@@ -14,10 +14,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use bench::{Proc, env_or, ms, percentile};
+use bench::{env_or, ms, percentile};
 use events::{EventContext, EventEnvelope};
 use outbox::PgSettings;
 use streams::{RedisPools, RedisSettings, redis};
+use test_kit::process::Process;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -201,8 +202,8 @@ async fn run(
 ) -> anyhow::Result<String> {
     // The relay under test is the release binary, as deployed: its own process and runtime,
     // not sharing one with this program's writers and reader.
-    let start_relay = || -> anyhow::Result<Proc> {
-        Proc::spawn(
+    let start_relay = || -> anyhow::Result<Process> {
+        Ok(Process::spawn(
             "outbox-relay",
             &[
                 ("DATABASE_URL", cfg.pg_url.clone()),
@@ -218,7 +219,7 @@ async fn run(
                 ("HTTP_ADDR", "127.0.0.1:0".to_owned()),
                 ("RUST_LOG", "warn".to_owned()),
             ],
-        )
+        )?)
     };
 
     // Steady state first, on a fresh outbox: latency right after draining a large backlog is

@@ -6,10 +6,11 @@
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
-use bench::{Proc, env_or, rss_mib};
+use bench::env_or;
 use events::EventContext;
 use outbox::PgSettings;
 use streams::{RedisPools, RedisSettings, redis};
+use test_kit::process::{Process, rss_mib};
 use uuid::Uuid;
 
 #[derive(Debug)]
@@ -43,8 +44,8 @@ async fn main() -> anyhow::Result<()> {
     })?;
     outbox::migrate::migrate(&pool, &schema).await?;
     let redis = RedisPools::connect(&RedisSettings::new(redis_url.clone(), prefix.clone()))?;
-    let spawn = |name: &str| -> anyhow::Result<Proc> {
-        Proc::spawn(
+    let spawn = |name: &str| -> anyhow::Result<Process> {
+        Ok(Process::spawn(
             name,
             &[
                 ("DATABASE_URL", pg_url.clone()),
@@ -57,7 +58,7 @@ async fn main() -> anyhow::Result<()> {
                 ("HTTP_ADDR", "127.0.0.1:0".to_owned()),
                 ("RUST_LOG", "warn".to_owned()),
             ],
-        )
+        )?)
     };
     let relay = spawn("outbox-relay")?;
     let projector = spawn("projector-worker")?;
@@ -76,8 +77,8 @@ async fn main() -> anyhow::Result<()> {
 async fn soak(
     pool: &outbox::Pool,
     redis: &RedisPools,
-    relay: &Proc,
-    projector: &Proc,
+    relay: &Process,
+    projector: &Process,
     seconds: u64,
     rate: u64,
     every: u64,
@@ -195,8 +196,8 @@ async fn soak(
 async fn sample(
     pool: &outbox::Pool,
     redis: &RedisPools,
-    relay: &Proc,
-    projector: &Proc,
+    relay: &Process,
+    projector: &Process,
     partitions: u32,
     at: Duration,
     written: u64,

@@ -1,17 +1,19 @@
-//! The catalogue of modules and their event types (architecture.md §3).
+//! What the rest of the system needs to know about a module's events (architecture.md §3).
 //!
-//! Event type names are part of the wire format: they are past tense and never renamed. A new
-//! module adds one [`ModuleSpec`] here and one crate beside `task`.
+//! Each module crate declares its own [`ModuleSpec`], built from its event enum
+//! ([`crate::DomainEvent::TYPES`]), and the registry crate lists the modules; this crate only
+//! fixes the shape and the naming rules. Event type names are part of the wire format: they
+//! are past tense and never renamed.
 
-/// What the rest of the system needs to know about one module: its stream, consumer group,
-/// projection name and the event types it emits.
+/// One module: its stream, consumer group, projection name and the event types it emits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ModuleSpec {
-    /// Module name, also the stream suffix: `cqrs:stream:<name>`.
+    /// Module name, also the stream suffix (`cqrs:stream:<name>`) and the first segment of
+    /// every event type it emits.
     pub name: &'static str,
-    /// The projection that consumes the module's stream, e.g. `task_projection`.
+    /// The projection that consumes the module's stream: `<name>_projection`.
     pub projection: &'static str,
-    /// The consumer group the projection reads through, e.g. `task_projection_group`.
+    /// The consumer group the projection reads through: `<name>_projection_group`.
     pub consumer_group: &'static str,
     /// The aggregate types whose events go to this module's stream.
     pub aggregate_types: &'static [&'static str],
@@ -25,64 +27,78 @@ impl ModuleSpec {
     pub fn emits(&self, event_type: &str) -> bool {
         self.event_types.contains(&event_type)
     }
-}
 
-/// The task module: a user's study tasks.
-pub const TASK: ModuleSpec = ModuleSpec {
-    name: "task",
-    projection: "task_projection",
-    consumer_group: "task_projection_group",
-    aggregate_types: &["Task"],
-    event_types: &[
-        "task.created",
-        "task.updated",
-        "task.started",
-        "task.completed",
-        "task.abandoned",
-        "task.deleted",
-    ],
-};
-
-/// Every module this build knows, for services that host all of them.
-pub const MODULES: &[ModuleSpec] = &[TASK];
-
-/// Finds a module by name.
-#[must_use]
-pub fn module(name: &str) -> Option<&'static ModuleSpec> {
-    MODULES.iter().find(|m| m.name == name)
-}
-
-/// Finds a module by the name of its projection.
-#[must_use]
-pub fn module_by_projection(projection: &str) -> Option<&'static ModuleSpec> {
-    MODULES.iter().find(|m| m.projection == projection)
+    /// Checks the naming rules of architecture.md §3.
+    ///
+    /// # Errors
+    /// The first rule broken, in words.
+    pub fn check(&self) -> Result<(), String> {
+        let name = self.name;
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
+            return Err(format!("module name {name:?} is not lower-case letters"));
+        }
+        if self.projection != format!("{name}_projection") {
+            return Err(format!("{name}: projection must be {name}_projection"));
+        }
+        if self.consumer_group != format!("{name}_projection_group") {
+            return Err(format!("{name}: group must be {name}_projection_group"));
+        }
+        if self.aggregate_types.is_empty() || self.event_types.is_empty() {
+            return Err(format!("{name}: no aggregate or event types"));
+        }
+        for (i, t) in self.event_types.iter().enumerate() {
+            if !t.starts_with(&format!("{name}.")) {
+                return Err(format!("{t} is outside module {name}"));
+            }
+            if self.event_types[..i].contains(t) {
+                return Err(format!("{t} is listed twice"));
+            }
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn names_follow_the_architecture_convention() {
-        for m in MODULES {
-            assert_eq!(m.projection, format!("{}_projection", m.name));
-            assert_eq!(m.consumer_group, format!("{}_projection_group", m.name));
-            for t in m.event_types {
-                assert!(
-                    t.starts_with(&format!("{}.", m.name)),
-                    "{t} outside module {}",
-                    m.name
-                );
-            }
-        }
-    }
+    const SHELF: ModuleSpec = ModuleSpec {
+        name: "shelf",
+        projection: "shelf_projection",
+        consumer_group: "shelf_projection_group",
+        aggregate_types: &["Shelf"],
+        event_types: &["shelf.renamed", "shelf.emptied"],
+    };
 
     #[test]
-    fn lookups_find_task_and_nothing_else() {
-        assert_eq!(module("task"), Some(&TASK));
-        assert_eq!(module_by_projection("task_projection"), Some(&TASK));
-        assert_eq!(module("nope"), None);
-        assert!(TASK.emits("task.completed"));
-        assert!(!TASK.emits("task.finished"));
+    fn names_follow_the_architecture_convention() {
+        assert_eq!(SHELF.check(), Ok(()));
+        assert!(SHELF.emits("shelf.emptied"));
+        assert!(!SHELF.emits("shelf.burnt"));
+        let bad = [
+            ModuleSpec {
+                projection: "shelves",
+                ..SHELF
+            },
+            ModuleSpec {
+                consumer_group: "g",
+                ..SHELF
+            },
+            ModuleSpec {
+                event_types: &["shelf.renamed", "book.moved"],
+                ..SHELF
+            },
+            ModuleSpec {
+                event_types: &["shelf.renamed", "shelf.renamed"],
+                ..SHELF
+            },
+            ModuleSpec {
+                name: "Shelf",
+                ..SHELF
+            },
+        ];
+        for spec in bad {
+            assert!(spec.check().is_err(), "{spec:?}");
+        }
     }
 }

@@ -68,6 +68,24 @@ impl ControlStore {
         Self { pool }
     }
 
+    /// Creates the control rows of `projections` that do not exist yet (running, generation 1):
+    /// every service hosting projections calls this with the registry's list at start, and
+    /// `admin-api migrate` after migrating, so no row is ever seeded by hand. Returns how many
+    /// rows it created.
+    ///
+    /// # Errors
+    /// [`OutboxError`] when PostgreSQL fails.
+    pub async fn register(&self, projections: &[&str]) -> Result<u64, OutboxError> {
+        let client = self.pool.get().await?;
+        let names: Vec<&str> = projections.to_vec();
+        Ok(client
+            .execute(
+                "INSERT INTO projections (name) SELECT unnest($1::text[]) ON CONFLICT (name) DO NOTHING",
+                &[&names],
+            )
+            .await?)
+    }
+
     /// The desired state of `projection` (running when it has no row).
     ///
     /// # Errors

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use events::EventEnvelope;
 use streams::dlq::{self, DeadLetter, DeadLetterKeys};
-use streams::{ApplyItem, ApplyOutcome, ReadModelKeys, RedisPools, StreamError};
+use streams::{ActiveGeneration, ApplyItem, ApplyOutcome, RedisPools, StreamError};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -73,7 +73,7 @@ pub struct Redriven {
 pub struct DeadLetters {
     redis: RedisPools,
     projection: Arc<dyn Projection>,
-    keys: ReadModelKeys,
+    generation: ActiveGeneration,
     dlq: DeadLetterKeys,
 }
 
@@ -86,16 +86,17 @@ impl std::fmt::Debug for DeadLetters {
 }
 
 impl DeadLetters {
-    /// Operations on `projection`'s dead letters, re-driving into `generation`.
+    /// Operations on `projection`'s dead letters, re-driving into its active generation
+    /// (resolved before each re-drive).
     #[must_use]
-    pub fn new(redis: RedisPools, projection: Arc<dyn Projection>, generation: i64) -> Self {
+    pub fn new(redis: RedisPools, projection: Arc<dyn Projection>) -> Self {
         let module = projection.module();
-        let keys = redis.keys.read_model(module.name, generation);
+        let generation = ActiveGeneration::new(&redis.keys, module.name, module.projection);
         let dlq = DeadLetterKeys::new(&redis.keys, module.projection);
         Self {
             redis,
             projection,
-            keys,
+            generation,
             dlq,
         }
     }
@@ -206,10 +207,11 @@ impl DeadLetters {
         match entry.aggregate_id() {
             None => dlq::remove(&mut conn, &self.dlq, id, None).await?,
             Some(aggregate) => {
+                let model = self.active_model(&mut conn).await?;
                 if let Ok(event) = EventEnvelope::from_json(entry.field("event").as_bytes()) {
                     dlq::skip_version(
                         &mut conn,
-                        &self.keys.versions(),
+                        &model.versions(),
                         aggregate,
                         event.aggregate_version,
                     )
@@ -279,22 +281,26 @@ impl DeadLetters {
             reason,
         };
 
+        let model = {
+            let mut conn = self.redis.commands.get().await?;
+            self.active_model(&mut conn).await?
+        };
         // No marker required: the version guard alone keeps a re-drive onto a model being
         // rebuilt correct.
         let loaded = load(
             &self.redis,
             self.projection.as_ref(),
-            &self.keys,
+            &model,
             &[event],
             None,
-            None,
+            false,
         )
         .await?
         .unwrap_or_default();
         let (versions, mut view) = (loaded.versions, loaded.view);
         let outcome = plan(
             self.projection.as_ref(),
-            &self.keys,
+            &model,
             &[event],
             &versions,
             &mut view,
@@ -312,7 +318,7 @@ impl DeadLetters {
             PlanOutcome::Failed(e) => return Err(failed(e.to_string())),
         };
         let item = ApplyItem {
-            versions_key: self.keys.versions(),
+            versions_key: model.versions(),
             aggregate_id: event.aggregate_id,
             version: event.aggregate_version,
             ops,
@@ -331,6 +337,15 @@ impl DeadLetters {
         }
         dlq::remove(&mut conn, &self.dlq, id, aggregate).await?;
         Ok(())
+    }
+
+    /// The keys of the active generation, resolved now.
+    async fn active_model(
+        &self,
+        conn: &mut streams::deadpool_redis::Connection,
+    ) -> Result<streams::ReadModelKeys, StreamError> {
+        self.generation.refresh(conn).await?;
+        Ok(self.generation.keys())
     }
 
     /// The parked aggregates and their head event ids.

@@ -13,4 +13,6 @@ pub mod plan;
 pub mod runtime;
 
 pub use plan::{PlanOutcome, Projection, ProjectionError, ViewState, plan};
-pub use runtime::{BatchReport, Projector, ProjectorSettings, ReplayError, ReplayReport, Status};
+pub use runtime::{
+    BatchReport, Projector, ProjectorSettings, ReplayError, ReplayReport, Rounds, Status,
+};

@@ -159,8 +159,16 @@ pub fn plan(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use events::{EventMetadata, TASK};
+    use events::EventMetadata;
     use streams::KeySpace;
+
+    const TASK: ModuleSpec = ModuleSpec {
+        name: "task",
+        projection: "task_projection",
+        consumer_group: "task_projection_group",
+        aggregate_types: &["Task"],
+        event_types: &["task.x"],
+    };
 
     /// A counter projection: `count:<id>` holds how many events the aggregate had.
     struct Counter;

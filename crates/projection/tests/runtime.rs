@@ -5,15 +5,31 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use events::{EventContext, EventEnvelope, ModuleSpec, TASK};
+use events::{EventContext, EventEnvelope, ModuleSpec};
 use outbox::control::DesiredState;
 use projection::dead_letters::{DeadLetterError, DeadLetters};
-use projection::{Projection, ProjectionError, Projector, ProjectorSettings, ViewState};
+use projection::{Projection, ProjectionError, Projector, ProjectorSettings, Status, ViewState};
 use streams::publisher::{self, StreamEntry};
 use streams::{Op, ReadModelKeys, redis};
 use test_kit::{TestDb, TestRedis, eventually};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
+
+/// The module these tests project: the task stream, names and catalogue.
+const TASK: ModuleSpec = ModuleSpec {
+    name: "task",
+    projection: "task_projection",
+    consumer_group: "task_projection_group",
+    aggregate_types: &["Task"],
+    event_types: &[
+        "task.created",
+        "task.updated",
+        "task.started",
+        "task.completed",
+        "task.abandoned",
+        "task.deleted",
+    ],
+};
 
 /// `log:<id>` lists the versions applied to the aggregate, in order. `task.poison` fails while
 /// `broken` is set (a bug fixed by a later deploy).
@@ -155,7 +171,6 @@ impl Fixture {
             Arc::new(Logging {
                 broken: self.broken.clone(),
             }),
-            1,
         )
     }
 
@@ -497,7 +512,19 @@ async fn a_paused_projector_applies_nothing_and_catches_up_on_resume() {
         envelope(a, 2, "task.updated"),
     ])
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Several rounds of the loop pass after the events are published, each a chance to apply
+    // them had the pause been ignored.
+    let mut rounds = f.projector.rounds();
+    let seen = rounds
+        .wait_for(|r| r.status == Status::Paused)
+        .await
+        .expect("rounds")
+        .count;
+    rounds
+        .wait_for(|r| r.count >= seen + 3)
+        .await
+        .expect("rounds");
+    assert_eq!(rounds.borrow().status, Status::Paused);
     assert_eq!(f.log(a).await, None, "nothing applied while paused");
     tx.send(DesiredState::Running).expect("resume");
     eventually(Duration::from_secs(3), "caught up", || async {

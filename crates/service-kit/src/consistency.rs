@@ -1,14 +1,13 @@
-//! Read-your-writes on the query side: a query that carries a command's consistency token
-//! waits (bounded) until the projection has applied that write.
+//! Read-your-writes on the query side: what a query asked to wait for (a command's
+//! consistency token, for at most `wait_ms`), and how its answer says whether it waited long
+//! enough. The wait itself is [`crate::read_side::ReadSide::read`].
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use actix_web::dev::Payload;
 use actix_web::{FromRequest, HttpRequest, HttpResponse};
 use events::ConsistencyToken;
 use futures::future::{Ready, ready};
-use streams::RedisPools;
-use streams::visibility::AppliedWatch;
 
 use crate::http::ApiError;
 
@@ -72,6 +71,20 @@ fn parse(req: &HttpRequest) -> Result<ConsistencyWait, ApiError> {
     })
 }
 
+impl ConsistencyWait {
+    /// The token sent, if any.
+    #[must_use]
+    pub fn token(&self) -> Option<&ConsistencyToken> {
+        self.token.as_ref()
+    }
+
+    /// How long to wait at most.
+    #[must_use]
+    pub fn wait(&self) -> Duration {
+        self.wait
+    }
+}
+
 /// Whether an answer reflects the awaited write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Freshness {
@@ -81,127 +94,6 @@ pub enum Freshness {
     Fresh,
     /// The wait ran out first.
     Stale,
-}
-
-impl ConsistencyWait {
-    /// Waits until the token's version is applied in `generation` of its module's read model.
-    /// It wakes when the projector announces the write on `watch`, checking the applied-version
-    /// hash then (an announcement is only a hint) and every 50 ms as a safety net; while the
-    /// subscription is down it polls instead: 1 ms at first, growing by half up to 5 ms.
-    ///
-    /// # Errors
-    /// 503 when Redis is down.
-    pub async fn settle(
-        &self,
-        pools: &RedisPools,
-        watch: &AppliedWatch,
-        generation: i64,
-    ) -> Result<Freshness, ApiError> {
-        Ok(self.settle_then(pools, watch, generation, None).await?.0)
-    }
-
-    /// [`ConsistencyWait::settle`], then the answer's own read: `read` rides in the same round
-    /// trip as every version check, so a fresh answer costs no round trip of its own. Returns
-    /// `read`'s reply from the check that ended the wait (fresh, or the last one when stale).
-    ///
-    /// # Errors
-    /// As [`ConsistencyWait::settle`]. An error reply to `read` may come back as the value
-    /// (it shares a pipeline with the check), so the caller's parser must refuse it.
-    pub async fn settle_and_read(
-        &self,
-        pools: &RedisPools,
-        watch: &AppliedWatch,
-        generation: i64,
-        read: streams::redis::Cmd,
-    ) -> Result<(Freshness, streams::redis::Value), ApiError> {
-        let (freshness, reply) = self
-            .settle_then(pools, watch, generation, Some(read))
-            .await?;
-        let reply =
-            reply.ok_or_else(|| streams::StreamError::Malformed("no reply to the read".into()))?;
-        Ok((freshness, reply))
-    }
-
-    async fn settle_then(
-        &self,
-        pools: &RedisPools,
-        watch: &AppliedWatch,
-        generation: i64,
-        read: Option<streams::redis::Cmd>,
-    ) -> Result<(Freshness, Option<streams::redis::Value>), ApiError> {
-        let Some(token) = &self.token else {
-            let Some(read) = read else {
-                return Ok((Freshness::NotAsked, None));
-            };
-            let mut conn = pools
-                .commands
-                .get()
-                .await
-                .map_err(streams::StreamError::from)?;
-            let reply = read
-                .query_async(&mut conn)
-                .await
-                .map_err(streams::StreamError::from)?;
-            return Ok((Freshness::NotAsked, Some(reply)));
-        };
-        let versions = pools.keys.read_model(&token.module, generation).versions();
-        let deadline = Instant::now() + self.wait;
-        let mut interval = Duration::from_millis(1);
-        // Registered before the first check, so an announcement in between is not missed; and
-        // only while the subscription is up (nobody would ever wake or prune it otherwise).
-        let mut announced = watch
-            .is_live()
-            .then(|| watch.wait_for(token.aggregate_id, token.version));
-        loop {
-            let (applied, reply) = {
-                let mut conn = pools
-                    .commands
-                    .get()
-                    .await
-                    .map_err(streams::StreamError::from)?;
-                let mut pipe = streams::redis::pipe();
-                pipe.add_command(streams::apply::applied_version_cmd(
-                    &versions,
-                    token.aggregate_id,
-                ));
-                if let Some(read) = &read {
-                    pipe.add_command(read.clone());
-                }
-                let replies: Vec<streams::redis::Value> = pipe
-                    .ignore_errors()
-                    .query_async(&mut conn)
-                    .await
-                    .map_err(streams::StreamError::from)?;
-                let mut replies = replies.into_iter();
-                let applied = streams::apply::parse_applied_version(
-                    replies.next().unwrap_or(streams::redis::Value::Nil),
-                )?;
-                (applied, replies.next())
-            };
-            if applied >= token.version {
-                return Ok((Freshness::Fresh, reply));
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return Ok((Freshness::Stale, reply));
-            }
-            if let Some(rx) = announced.as_mut() {
-                let pause = Duration::from_millis(50).min(deadline - now);
-                tokio::select! {
-                    _ = rx => {
-                        // Fired (or the watch went away): wait anew after the next check.
-                        announced = watch
-                            .is_live()
-                            .then(|| watch.wait_for(token.aggregate_id, token.version));
-                    }
-                    () = tokio::time::sleep(pause) => {}
-                }
-            } else {
-                tokio::time::sleep(interval.min(deadline - now)).await;
-                interval = (interval * 3 / 2).min(Duration::from_millis(5));
-            }
-        }
-    }
 }
 
 /// Adds `X-Consistency: fresh|stale` when a token was sent.

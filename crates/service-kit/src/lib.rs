@@ -11,9 +11,11 @@ pub mod command;
 pub mod consistency;
 pub mod health;
 pub mod http;
+pub mod read_side;
 pub mod secret;
 pub mod settings;
 pub mod shutdown;
+pub mod startup;
 pub mod telemetry;
 
 pub use secret::Secret;

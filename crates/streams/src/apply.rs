@@ -22,62 +22,38 @@ use uuid::Uuid;
 
 use crate::StreamError;
 
-/// One read-model write. Projections return these; they never touch Redis themselves.
+/// One read-model write. Projections return these; they never touch Redis themselves. Every
+/// variant names the key it writes first; the rest are the command's arguments.
 #[derive(Debug, Clone, PartialEq)]
+#[allow(missing_docs)] // the fields are the Redis command's arguments, named as Redis names them
 pub enum Op {
-    /// `SET key value`.
-    Set {
-        /// Key.
-        key: String,
-        /// Value.
-        value: String,
-    },
+    /// `SET key value`: replaces whatever the key held.
+    Set { key: String, value: String },
     /// `DEL key`.
-    Del {
-        /// Key.
-        key: String,
-    },
-    /// `ZADD key score member`.
+    Del { key: String },
+    /// `ZADD key score member`; `score` must be finite (a NaN is refused before Redis sees it).
     ZAdd {
-        /// Key.
         key: String,
-        /// Score (finite).
         score: f64,
-        /// Member.
         member: String,
     },
     /// `ZREM key member`.
-    ZRem {
-        /// Key.
-        key: String,
-        /// Member.
-        member: String,
-    },
-    /// `HINCRBY key field delta`.
+    ZRem { key: String, member: String },
+    /// `HINCRBY key field delta`: the commutative update that shared state (counters several
+    /// aggregates touch) must use.
     HIncrBy {
-        /// Key.
         key: String,
-        /// Field.
         field: String,
-        /// Delta.
         delta: i64,
     },
     /// `HSET key field value`.
     HSet {
-        /// Key.
         key: String,
-        /// Field.
         field: String,
-        /// Value.
         value: String,
     },
     /// `HDEL key field`.
-    HDel {
-        /// Key.
-        key: String,
-        /// Field.
-        field: String,
-    },
+    HDel { key: String, field: String },
 }
 
 impl Op {
@@ -144,146 +120,17 @@ pub enum ApplyOutcome {
 /// short, as Redis serves nobody else while a script runs.
 const ITEMS_PER_CALL: usize = 128;
 
-const SCRIPT: &str = r"
--- Applies a batch of items in order; each one is all or nothing.
--- KEYS: every key the batch names, once each.
--- ARGV[1] item count, then per item: versions-key index, aggregate id, version,
--- stream-key index (0 = no ack), group, entry id, lease-key index (0 = no fence), owner,
--- op count, then per op: name, key index, args.
--- Returns one reply per item: {1, version} applied, {0, current} duplicate (acked),
--- {2, current} gap, {3, 0} fenced, {4, message} refused (nothing written, not acked).
-local arity = {SET = 1, DEL = 0, ZADD = 2, ZREM = 1, HINCRBY = 2, HSET = 2, HDEL = 1}
--- SET and DEL succeed on a key of any type, so only the others are checked (every call from
--- Lua costs the script about a microsecond).
-local want = {ZADD = 'zset', ZREM = 'zset', HINCRBY = 'hash', HSET = 'hash', HDEL = 'hash'}
-local leases = {}
-local out = {}
--- Pass 1 of an item: check every key's type and every HINCRBY field, so that pass 2 cannot
--- fail half-way. A key is asked once per item (a stats hash gets several HINCRBYs per event);
--- ops that want one key as two types are refused, as the second would fail after the first
--- had written.
-local function integer(v)
-  return not v or (#v <= 18 and string.find(v, '^%-?%d+$') ~= nil)
-end
-local function check(first, n)
-  -- types[key]: what the item's earlier ops leave the key as ('none' after a DEL; 'fresh'
-  -- for a hash the item creates after a SET or DEL, whose stored fields are gone). fields
-  -- (made only when needed): values earlier HSET/HDELs of the item wrote, by key and field.
-  -- One table per item in the common case: every allocation here costs every event.
-  local types, fields = {}, nil
-  local i = first
-  for _ = 1, n do
-    local op, key = ARGV[i], KEYS[tonumber(ARGV[i + 1])]
-    local w = want[op]
-    if w then
-      local have = types[key] or redis.call('TYPE', key)['ok']
-      local fresh = have == 'fresh' or (have == 'none' and types[key] == 'none')
-      if have == 'fresh' then have = 'hash' end
-      if have ~= 'none' and have ~= w then
-        return 'WRONGTYPE ' .. key .. ' is a ' .. have .. ', ' .. op .. ' needs a ' .. w
-      end
-      types[key] = (fresh and w == 'hash') and 'fresh' or w
-      if w == 'hash' then
-        local field = ARGV[i + 2]
-        local written = fields and fields[key]
-        if op == 'HINCRBY' then
-          local v = written and written[field]
-          if v == nil and not fresh then v = redis.call('HGET', key, field) end
-          if not integer(v) then return 'HINCRBY on a non-integer field of ' .. key end
-          if written then written[field] = '0' end
-        else
-          fields = fields or {}
-          fields[key] = written or {}
-          fields[key][field] = op == 'HSET' and ARGV[i + 3] or false
-        end
-      end
-    elseif op == 'SET' or op == 'DEL' then
-      types[key] = op == 'SET' and 'string' or 'none'
-      if fields then fields[key] = nil end
-    end
-    i = i + 2 + arity[op]
-  end
-  return nil
-end
--- Pass 2: write.
-local function write(first, n)
-  local i = first
-  for _ = 1, n do
-    local op, key = ARGV[i], KEYS[tonumber(ARGV[i + 1])]
-    if op == 'SET' then redis.call('SET', key, ARGV[i + 2])
-    elseif op == 'DEL' then redis.call('DEL', key)
-    elseif op == 'ZADD' then redis.call('ZADD', key, ARGV[i + 2], ARGV[i + 3])
-    elseif op == 'ZREM' then redis.call('ZREM', key, ARGV[i + 2])
-    elseif op == 'HINCRBY' then redis.call('HINCRBY', key, ARGV[i + 2], ARGV[i + 3])
-    elseif op == 'HSET' then redis.call('HSET', key, ARGV[i + 2], ARGV[i + 3])
-    elseif op == 'HDEL' then redis.call('HDEL', key, ARGV[i + 2])
-    end
-    i = i + 2 + arity[op]
-  end
-end
-local i = 2
-for item = 1, tonumber(ARGV[1]) do
-  local versions, aggregate, version = KEYS[tonumber(ARGV[i])], ARGV[i + 1], tonumber(ARGV[i + 2])
-  local stream, group, entry = tonumber(ARGV[i + 3]), ARGV[i + 4], ARGV[i + 5]
-  local lease, owner, n = tonumber(ARGV[i + 6]), ARGV[i + 7], tonumber(ARGV[i + 8])
-  local first = i + 9
-  i = first
-  for _ = 1, n do
-    local a = arity[ARGV[i]]
-    if a == nil then return redis.error_reply('unknown op ' .. tostring(ARGV[i])) end
-    i = i + 2 + a
-  end
-  local function ack()
-    if stream > 0 then redis.call('XACK', KEYS[stream], group, entry) end
-  end
-  -- Nothing in a batch writes a lease key, so one GET per lease serves the whole call.
-  local holder, refused = true, nil
-  if lease > 0 then
-    if leases[lease] == nil then
-      local got = redis.pcall('GET', KEYS[lease])
-      if type(got) == 'table' and got.err then got = {err = got.err} end
-      leases[lease] = got or false
-    end
-    if type(leases[lease]) == 'table' then
-      refused = 'lease ' .. KEYS[lease] .. ': ' .. leases[lease].err
-    end
-    holder = leases[lease] == owner
-  end
-  local current = nil
-  if refused == nil and holder then
-    current = redis.pcall('HGET', versions, aggregate)
-    if type(current) == 'table' and current.err then
-      refused = current.err
-    else
-      current = tonumber(current or '0')
-      if current == nil then
-        refused = 'the applied version of ' .. aggregate .. ' in ' .. versions .. ' is not a number'
-      end
-    end
-  end
-  if refused then
-    out[item] = {4, refused}
-  elseif not holder then
-    out[item] = {3, 0}
-  elseif version <= current then
-    ack()
-    out[item] = {0, current}
-  elseif version ~= current + 1 then
-    out[item] = {2, current}
-  else
-    local unfit = check(first, n)
-    if unfit then
-      out[item] = {4, unfit}
-    else
-      write(first, n)
-      redis.call('HSET', versions, aggregate, version)
-      ack()
-      out[item] = {1, version}
-    end
-  end
-end
-return out
-";
+/// The apply script. Its reply codes are named alike on both sides ([`reply`]).
+const SCRIPT: &str = include_str!("apply.lua");
+
+/// The script's reply codes: `{code, value}` per item.
+mod reply {
+    pub(super) const APPLIED: i64 = 1;
+    pub(super) const DUPLICATE: i64 = 0;
+    pub(super) const GAP: i64 = 2;
+    pub(super) const FENCED: i64 = 3;
+    pub(super) const REFUSED: i64 = 4;
+}
 
 static APPLY_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(SCRIPT));
 
@@ -513,14 +360,16 @@ fn parse_outcome(reply: Value) -> Result<ApplyOutcome, StreamError> {
         return Err(StreamError::Malformed(format!("apply reply {reply:?}")));
     };
     Ok(match v.as_slice() {
-        [Value::Int(1), Value::Int(_)] => ApplyOutcome::Applied,
-        [Value::Int(0), Value::Int(current)] => ApplyOutcome::Duplicate { current: *current },
-        [Value::Int(2), Value::Int(current)] => ApplyOutcome::Gap { current: *current },
-        [Value::Int(3), Value::Int(_)] => ApplyOutcome::Fenced,
-        [Value::Int(4), Value::BulkString(m)] => {
+        [Value::Int(reply::APPLIED), Value::Int(_)] => ApplyOutcome::Applied,
+        [Value::Int(reply::DUPLICATE), Value::Int(current)] => {
+            ApplyOutcome::Duplicate { current: *current }
+        }
+        [Value::Int(reply::GAP), Value::Int(current)] => ApplyOutcome::Gap { current: *current },
+        [Value::Int(reply::FENCED), Value::Int(_)] => ApplyOutcome::Fenced,
+        [Value::Int(reply::REFUSED), Value::BulkString(m)] => {
             ApplyOutcome::Rejected(String::from_utf8_lossy(m).into_owned())
         }
-        [Value::Int(4), Value::SimpleString(m)] => ApplyOutcome::Rejected(m.clone()),
+        [Value::Int(reply::REFUSED), Value::SimpleString(m)] => ApplyOutcome::Rejected(m.clone()),
         other => return Err(StreamError::Malformed(format!("apply reply {other:?}"))),
     })
 }

@@ -33,6 +33,20 @@ impl KeySpace {
         StreamRouting::new(self.prefix.clone(), partitions)
     }
 
+    /// Where the active generation of `projection`'s read model is recorded: readers and
+    /// writers resolve it at run time ([`crate::generation`]), so a switch needs no restart.
+    #[must_use]
+    pub fn generation_pointer(&self, projection: &str) -> String {
+        format!("{}cqrs:generation:{projection}", self.prefix)
+    }
+
+    /// The lock one replica holds while it rebuilds `projection`'s read model, so the others
+    /// wait instead of rebuilding too. Outside any generation: it guards the building of one.
+    #[must_use]
+    pub fn rebuild_lock(&self, projection: &str) -> String {
+        format!("{}cqrs:rebuild:{projection}", self.prefix)
+    }
+
     /// The read-model keys of `module`'s projection, generation `generation`.
     #[must_use]
     pub fn read_model(&self, module: &str, generation: i64) -> ReadModelKeys {
@@ -64,6 +78,13 @@ impl ReadModelKeys {
         self.key("versions")
     }
 
+    /// Set once the generation was built from history: its absence means the read model is
+    /// missing (a first start, or Redis lost it) and must be rebuilt before anything applies.
+    #[must_use]
+    pub fn marker(&self) -> String {
+        self.key("marker")
+    }
+
     /// The generation these keys belong to.
     #[must_use]
     pub fn generation(&self) -> i64 {
@@ -86,6 +107,16 @@ mod tests {
         let keys = KeySpace::new("t1:").read_model("task", 3);
         assert_eq!(keys.key("view:x"), "t1:rm:task:g3:view:x");
         assert_eq!(keys.versions(), "t1:rm:task:g3:versions");
+        assert_eq!(keys.marker(), "t1:rm:task:g3:marker");
+        let space = KeySpace::new("t1:");
+        assert_eq!(
+            space.generation_pointer("task_projection"),
+            "t1:cqrs:generation:task_projection"
+        );
+        assert_eq!(
+            space.rebuild_lock("task_projection"),
+            "t1:cqrs:rebuild:task_projection"
+        );
         assert_eq!(
             KeySpace::new("t1:").routing(1).stream("task", 0),
             "t1:cqrs:stream:task"

@@ -9,15 +9,18 @@ pub mod apply;
 pub mod consumer;
 pub mod dlq;
 pub mod error;
+pub mod generation;
 pub mod keys;
 pub mod lease;
 pub mod pool;
 pub mod publisher;
+pub mod read_model;
 pub mod retention;
 pub mod visibility;
 
 pub use apply::{ApplyItem, ApplyOutcome, Op, apply_batch};
 pub use error::StreamError;
+pub use generation::ActiveGeneration;
 pub use keys::{KeySpace, ReadModelKeys};
 pub use pool::{RedisPools, RedisSettings};
 

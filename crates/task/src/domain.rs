@@ -5,6 +5,7 @@
 //! state. The command side writes `evolve`'s result as the row; the projection writes it as the
 //! view, so row and view are the same function of the same events.
 
+use events::{DomainEvent, PayloadError, decode_payload, encode_payload};
 use serde::{Deserialize, Serialize};
 use time::{Date, OffsetDateTime};
 use uuid::Uuid;
@@ -99,77 +100,6 @@ impl TaskType {
     }
 }
 
-/// `YYYY-MM-DD` dates on the wire.
-pub mod date_format {
-    use serde::{Deserialize, Deserializer, Serializer};
-    use time::Date;
-    use time::macros::format_description;
-
-    const FORMAT: &[time::format_description::FormatItem<'static>] =
-        format_description!("[year]-[month]-[day]");
-
-    /// Parses `YYYY-MM-DD`.
-    #[must_use]
-    pub fn parse(s: &str) -> Option<Date> {
-        Date::parse(s, FORMAT).ok()
-    }
-
-    /// Formats as `YYYY-MM-DD`.
-    #[must_use]
-    pub fn format(d: Date) -> String {
-        d.format(FORMAT).unwrap_or_default()
-    }
-
-    /// Serde for `Option<Date>`.
-    pub mod option {
-        use super::*;
-
-        /// Serialises.
-        ///
-        /// # Errors
-        /// Never for valid dates.
-        pub fn serialize<S: Serializer>(d: &Option<Date>, s: S) -> Result<S::Ok, S::Error> {
-            match d {
-                Some(d) => s.serialize_str(&format(*d)),
-                None => s.serialize_none(),
-            }
-        }
-
-        /// Deserialises.
-        ///
-        /// # Errors
-        /// When the string is not `YYYY-MM-DD`.
-        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Date>, D::Error> {
-            Option::<String>::deserialize(d)?
-                .map(|s| parse(&s).ok_or_else(|| serde::de::Error::custom("expected YYYY-MM-DD")))
-                .transpose()
-        }
-    }
-
-    /// Serde for `Option<Option<Date>>`: absent = unchanged, `null` = cleared.
-    pub mod patch {
-        use super::*;
-
-        /// Serialises (the outer `None` is skipped by the field attribute).
-        ///
-        /// # Errors
-        /// Never for valid dates.
-        pub fn serialize<S: Serializer>(d: &Option<Option<Date>>, s: S) -> Result<S::Ok, S::Error> {
-            super::option::serialize(&d.flatten(), s)
-        }
-
-        /// Deserialises a present field.
-        ///
-        /// # Errors
-        /// When the string is not `YYYY-MM-DD`.
-        pub fn deserialize<'de, D: Deserializer<'de>>(
-            d: D,
-        ) -> Result<Option<Option<Date>>, D::Error> {
-            super::option::deserialize(d).map(Some)
-        }
-    }
-}
-
 /// The task aggregate; serialised, it is also the TaskView of http-api.md.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Task {
@@ -193,7 +123,7 @@ pub struct Task {
     /// Status.
     pub status: TaskStatus,
     /// Optional due date.
-    #[serde(with = "date_format::option")]
+    #[serde(with = "module_kit::dates::option")]
     pub due_date: Option<Date>,
     /// When started.
     #[serde(with = "time::serde::rfc3339::option")]
@@ -313,7 +243,7 @@ pub struct TaskCreated {
     /// Difficulty.
     pub difficulty: i16,
     /// Due date.
-    #[serde(with = "date_format::option")]
+    #[serde(with = "module_kit::dates::option")]
     pub due_date: Option<Date>,
 }
 
@@ -337,7 +267,7 @@ pub struct TaskUpdated {
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
-        with = "date_format::patch"
+        with = "module_kit::dates::patch"
     )]
     pub due_date: Option<Option<Date>>,
     /// New tags.
@@ -424,10 +354,41 @@ pub enum TaskError {
     Store(#[from] outbox::OutboxError),
 }
 
-impl TaskEvent {
-    /// The wire type name.
-    #[must_use]
-    pub fn event_type(&self) -> &'static str {
+impl From<outbox::tokio_postgres::Error> for TaskError {
+    fn from(e: outbox::tokio_postgres::Error) -> Self {
+        Self::Store(e.into())
+    }
+}
+
+impl From<module_kit::input::Invalid> for TaskError {
+    fn from(e: module_kit::input::Invalid) -> Self {
+        Self::Invalid {
+            field: e.field,
+            message: e.message,
+        }
+    }
+}
+
+impl From<PayloadError> for TaskError {
+    fn from(e: PayloadError) -> Self {
+        Self::MalformedEvent {
+            event_type: e.event_type,
+            reason: e.reason,
+        }
+    }
+}
+
+impl DomainEvent for TaskEvent {
+    const TYPES: &'static [&'static str] = &[
+        "task.created",
+        "task.updated",
+        "task.started",
+        "task.completed",
+        "task.abandoned",
+        "task.deleted",
+    ];
+
+    fn event_type(&self) -> &'static str {
         match self {
             Self::Created(_) => "task.created",
             Self::Updated(_) => "task.updated",
@@ -438,41 +399,27 @@ impl TaskEvent {
         }
     }
 
-    /// The JSON payload.
-    #[must_use]
-    pub fn payload(&self) -> serde_json::Value {
-        let v = match self {
-            Self::Created(p) => serde_json::to_value(p),
-            Self::Updated(p) => serde_json::to_value(p),
-            Self::Completed(p) => serde_json::to_value(p),
-            Self::Abandoned(p) => serde_json::to_value(p),
-            Self::Started | Self::Deleted => Ok(serde_json::json!({})),
-        };
-        // Plain structs of strings and numbers always serialise.
-        v.unwrap_or_default()
+    fn payload(&self) -> serde_json::Value {
+        match self {
+            Self::Created(p) => encode_payload(p),
+            Self::Updated(p) => encode_payload(p),
+            Self::Completed(p) => encode_payload(p),
+            Self::Abandoned(p) => encode_payload(p),
+            Self::Started | Self::Deleted => serde_json::json!({}),
+        }
     }
 
-    /// Reads a payload of type `event_type`.
-    ///
-    /// # Errors
-    /// [`TaskError::MalformedEvent`] for an unknown type or a payload of the wrong shape.
-    pub fn from_payload(event_type: &str, payload: &serde_json::Value) -> Result<Self, TaskError> {
-        let bad = |reason: String| TaskError::MalformedEvent {
-            event_type: event_type.to_owned(),
-            reason,
-        };
-        let parse = |_: ()| -> Result<Self, serde_json::Error> {
-            Ok(match event_type {
-                "task.created" => Self::Created(serde_json::from_value(payload.clone())?),
-                "task.updated" => Self::Updated(serde_json::from_value(payload.clone())?),
-                "task.started" => Self::Started,
-                "task.completed" => Self::Completed(serde_json::from_value(payload.clone())?),
-                "task.abandoned" => Self::Abandoned(serde_json::from_value(payload.clone())?),
-                "task.deleted" => Self::Deleted,
-                _ => return Err(serde::de::Error::custom("unknown event type")),
-            })
-        };
-        parse(()).map_err(|e| bad(e.to_string()))
+    fn from_payload(event_type: &str, payload: &serde_json::Value) -> Result<Self, PayloadError> {
+        let p = payload;
+        Ok(match event_type {
+            "task.created" => Self::Created(decode_payload(event_type, p)?),
+            "task.updated" => Self::Updated(decode_payload(event_type, p)?),
+            "task.started" => Self::Started,
+            "task.completed" => Self::Completed(decode_payload(event_type, p)?),
+            "task.abandoned" => Self::Abandoned(decode_payload(event_type, p)?),
+            "task.deleted" => Self::Deleted,
+            other => return Err(PayloadError::unknown(other)),
+        })
     }
 }
 
@@ -640,6 +587,22 @@ pub fn evolve(
     task.version = version;
     task.updated_at = at;
     Ok(task)
+}
+
+impl events::Aggregate for Task {
+    type Event = TaskEvent;
+    type Error = TaskError;
+    const TYPE: &'static str = crate::AGGREGATE_TYPE;
+
+    fn evolve(
+        state: Option<Self>,
+        event: &TaskEvent,
+        id: Uuid,
+        version: i64,
+        at: OffsetDateTime,
+    ) -> Result<Self, TaskError> {
+        evolve(state, event, id, version, at)
+    }
 }
 
 #[cfg(test)]

@@ -1,21 +1,20 @@
-//! The task routes. command-api mounts [`command_routes`], query-api [`query_routes`]; each
-//! expects its app data (listed on the function).
+//! The task routes. command-api mounts [`command_routes`], query-api [`query_routes`] (both
+//! through the module's registry entry); each expects its app data (listed on the function).
 
 use actix_web::{HttpRequest, HttpResponse, web};
+use module_kit::paging::PageRequest;
 use serde::Deserialize;
 use service_kit::command::{CommandMeta, CommandRunner, if_match};
-use service_kit::consistency::{ConsistencyWait, mark};
+use service_kit::consistency::ConsistencyWait;
 use service_kit::http::auth::AuthUser;
 use service_kit::http::extract::{JsonBody, OptionalJsonBody, parse_uuid, query_config};
 use service_kit::http::{ApiError, resource};
-use streams::RedisPools;
-use streams::visibility::AppliedWatch;
+use service_kit::read_side::ReadSide;
 use uuid::Uuid;
 
 use crate::domain::{TaskCommand, TaskError, TaskStatus};
 use crate::input::{AbandonTaskBody, CompleteTaskBody, CreateTaskBody, UpdateTaskBody};
-use crate::queries::{TaskQueries, decode_cursor};
-use crate::store;
+use crate::{queries, store};
 
 impl From<TaskError> for ApiError {
     fn from(e: TaskError) -> Self {
@@ -49,13 +48,18 @@ pub fn command_routes(cfg: &mut web::ServiceConfig) {
         .service(resource("/v1/tasks/{id}/abandon").route(web::post().to(abandon)));
 }
 
-/// Registers the task queries. App data: `web::Data<TaskQueries>`, `web::Data<RedisPools>`,
+/// Registers the task queries, reading through `reads`. App data:
 /// `web::Data<service_kit::http::auth::JwtKeys>`.
-pub fn query_routes(cfg: &mut web::ServiceConfig) {
-    cfg.app_data(query_config())
-        .service(resource("/v1/tasks/{id}").route(web::get().to(get_task)))
-        .service(resource("/v1/me/tasks").route(web::get().to(list_tasks)))
-        .service(resource("/v1/me/task-stats").route(web::get().to(task_stats)));
+pub fn query_routes(cfg: &mut web::ServiceConfig, reads: &ReadSide) {
+    let reads = web::Data::new(reads.clone());
+    let get = |path| {
+        resource(path)
+            .app_data(reads.clone())
+            .app_data(query_config())
+    };
+    cfg.service(get("/v1/tasks/{id}").route(web::get().to(get_task)))
+        .service(get("/v1/me/tasks").route(web::get().to(list_tasks)))
+        .service(get("/v1/me/task-stats").route(web::get().to(task_stats)));
 }
 
 #[tracing::instrument(skip_all, fields(user_id = %user.0))]
@@ -155,27 +159,26 @@ async fn delete(
     run_on(&req, user, &meta, &runner, &id, b"", TaskCommand::Delete).await
 }
 
+/// The read side of a query route.
+type Reads = web::Data<ReadSide>;
+
 async fn get_task(
     user: AuthUser,
     wait: ConsistencyWait,
-    queries: web::Data<TaskQueries>,
-    pools: web::Data<RedisPools>,
-    watch: web::Data<AppliedWatch>,
+    reads: Reads,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_uuid(&id, "id")?;
-    let (freshness, view) = wait
-        .settle_and_read(&pools, &watch, queries.generation(), queries.view_cmd(id))
+    let mut read = reads
+        .read(&wait, |keys| vec![queries::view_cmd(keys, id)])
         .await?;
-    let task = TaskQueries::parse_view(id, view)?;
+    let task = queries::parse_view(id, read.reply(0)?)?;
     // Another user's task answers exactly like a missing one. A 404 after a stale wait still
     // says `X-Consistency: stale`: "not visible yet" must not read as "gone".
-    let mut response = match task.filter(|t| t.user_id == user.0) {
+    Ok(read.answer(match task.filter(|t| t.user_id == user.0) {
         Some(task) => HttpResponse::Ok().json(task),
         None => actix_web::ResponseError::error_response(&ApiError::NotFound),
-    };
-    mark(&mut response, freshness);
-    Ok(response)
+    }))
 }
 
 #[derive(Debug, Deserialize)]
@@ -185,23 +188,10 @@ struct ListParams {
     cursor: Option<String>,
 }
 
-fn limit(raw: Option<&str>) -> Result<usize, ApiError> {
-    match raw {
-        None => Ok(20),
-        Some(v) => v
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=100).contains(n))
-            .ok_or_else(|| ApiError::validation("limit", "limit must be 1 to 100")),
-    }
-}
-
 async fn list_tasks(
     user: AuthUser,
     wait: ConsistencyWait,
-    queries: web::Data<TaskQueries>,
-    pools: web::Data<RedisPools>,
-    watch: web::Data<AppliedWatch>,
+    reads: Reads,
     params: web::Query<ListParams>,
 ) -> Result<HttpResponse, ApiError> {
     let status = params
@@ -216,40 +206,32 @@ async fn list_tasks(
             })
         })
         .transpose()?;
-    let limit = limit(params.limit.as_deref())?;
-    let after = params
-        .cursor
-        .as_deref()
-        .map(|c| {
-            decode_cursor(c).map_err(|_| ApiError::validation("cursor", "cursor is malformed"))
+    let page = PageRequest::parse(params.limit.as_deref(), params.cursor.as_deref())?;
+    let mut read = reads
+        .read(&wait, |keys| {
+            vec![queries::list_cmd(keys, user.0, status, &page)]
         })
-        .transpose()?;
-    let freshness = wait.settle(&pools, &watch, queries.generation()).await?;
-    let page = queries
-        .list(user.0, status, limit, after.as_deref())
         .await?;
-    let mut response = HttpResponse::Ok()
-        .json(serde_json::json!({"items": page.items, "next_cursor": page.next_cursor}));
-    mark(&mut response, freshness);
-    Ok(response)
+    let members: Vec<String> = streams::error::from_reply(read.reply(0)?, "task list")?;
+    let (ids, next_cursor) = page.page(members);
+    let items = if ids.is_empty() {
+        vec![]
+    } else {
+        queries::parse_views(reads.fetch(queries::views_cmd(&read.keys, &ids)).await?)?
+    };
+    Ok(read.answer(
+        HttpResponse::Ok().json(serde_json::json!({"items": items, "next_cursor": next_cursor})),
+    ))
 }
 
 async fn task_stats(
     user: AuthUser,
     wait: ConsistencyWait,
-    queries: web::Data<TaskQueries>,
-    pools: web::Data<RedisPools>,
-    watch: web::Data<AppliedWatch>,
+    reads: Reads,
 ) -> Result<HttpResponse, ApiError> {
-    let (freshness, reply) = wait
-        .settle_and_read(
-            &pools,
-            &watch,
-            queries.generation(),
-            queries.stats_cmd(user.0),
-        )
+    let mut read = reads
+        .read(&wait, |keys| vec![queries::stats_cmd(keys, user.0)])
         .await?;
-    let mut response = HttpResponse::Ok().json(TaskQueries::parse_stats(reply)?);
-    mark(&mut response, freshness);
-    Ok(response)
+    let stats = queries::parse_stats(read.reply(0)?)?;
+    Ok(read.answer(HttpResponse::Ok().json(stats)))
 }

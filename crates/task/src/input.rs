@@ -1,47 +1,13 @@
 //! The HTTP bodies of the task commands, and their validation into domain commands. Every
 //! rule of http-api.md lives here, each failure naming its field.
 
-use serde::{Deserialize, Deserializer};
+use module_kit::input::{
+    Invalid, Patch, invalid, one_of, optional_text, ranged, string_list, text,
+};
+use serde::Deserialize;
 use uuid::Uuid;
 
-use crate::domain::{CreateTask, TaskCommand, TaskError, TaskType, UpdateTask, date_format};
-
-/// A field of a PATCH body: absent, `null`, or a value.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub enum Patch<T> {
-    /// Not sent: leave unchanged.
-    #[default]
-    Absent,
-    /// Sent as `null`.
-    Null,
-    /// Sent with a value.
-    Value(T),
-}
-
-impl<'de, T: Deserialize<'de>> Deserialize<'de> for Patch<T> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        // Only called for fields that are present; `#[serde(default)]` covers absence.
-        Ok(match Option::<T>::deserialize(d)? {
-            None => Self::Null,
-            Some(v) => Self::Value(v),
-        })
-    }
-}
-
-impl<T> Patch<T> {
-    fn is_absent(&self) -> bool {
-        matches!(self, Self::Absent)
-    }
-
-    /// A field that may be omitted but not cleared.
-    fn required(self, field: &'static str) -> Result<Option<T>, TaskError> {
-        match self {
-            Self::Absent => Ok(None),
-            Self::Null => Err(invalid(field, format!("{field} cannot be null"))),
-            Self::Value(v) => Ok(Some(v)),
-        }
-    }
-}
+use crate::domain::{CreateTask, TaskCommand, TaskError, TaskType, UpdateTask};
 
 /// `POST /v1/tasks`.
 #[derive(Debug, Clone, Deserialize)]
@@ -112,71 +78,25 @@ pub struct AbandonTaskBody {
     pub reason: Option<String>,
 }
 
-fn invalid(field: &'static str, message: impl Into<String>) -> TaskError {
-    TaskError::Invalid {
-        field,
-        message: message.into(),
-    }
+fn title(raw: &str) -> Result<String, Invalid> {
+    text("title", raw, 255)
 }
 
-fn title(raw: &str) -> Result<String, TaskError> {
-    let t = raw.trim();
-    if t.is_empty() {
-        return Err(invalid("title", "title must not be blank"));
-    }
-    if t.chars().count() > 255 {
-        return Err(invalid("title", "title must be at most 255 characters"));
-    }
-    Ok(t.to_owned())
+fn task_type(raw: &str) -> Result<TaskType, Invalid> {
+    one_of("type", raw, &TaskType::ALL, TaskType::as_str)
 }
 
-fn ranged<T: TryFrom<i64>>(field: &'static str, v: i64, lo: i64, hi: i64) -> Result<T, TaskError> {
-    if !(lo..=hi).contains(&v) {
-        return Err(invalid(
-            field,
-            format!("{field} must be between {lo} and {hi}"),
-        ));
-    }
-    T::try_from(v).map_err(|_| invalid(field, format!("{field} is out of range")))
-}
-
-fn task_type(raw: &str) -> Result<TaskType, TaskError> {
-    TaskType::parse(raw).ok_or_else(|| {
-        let all: Vec<_> = TaskType::ALL.iter().map(|t| t.as_str()).collect();
-        invalid("type", format!("type must be one of {}", all.join(", ")))
-    })
-}
-
-fn due_date(raw: &str) -> Result<time::Date, TaskError> {
-    date_format::parse(raw)
+fn due_date(raw: &str) -> Result<time::Date, Invalid> {
+    module_kit::dates::parse(raw)
         .ok_or_else(|| invalid("due_date", "due_date must be a date like 2026-12-31"))
 }
 
-fn tags(raw: Vec<String>) -> Result<Vec<String>, TaskError> {
-    if raw.len() > 20 {
-        return Err(invalid("tags", "at most 20 tags"));
-    }
-    raw.into_iter()
-        .map(|t| {
-            let t = t.trim().to_owned();
-            let n = t.chars().count();
-            if (1..=32).contains(&n) {
-                Ok(t)
-            } else {
-                Err(invalid("tags", "each tag must be 1 to 32 characters"))
-            }
-        })
-        .collect()
+fn tags(raw: Vec<String>) -> Result<Vec<String>, Invalid> {
+    string_list("tags", "tag", raw, 20, 1..=32)
 }
 
-fn long_text(field: &'static str, raw: Option<String>) -> Result<Option<String>, TaskError> {
-    match raw {
-        Some(s) if s.chars().count() > 2000 => Err(invalid(
-            field,
-            format!("{field} must be at most 2000 characters"),
-        )),
-        other => Ok(other),
-    }
+fn long_text(field: &'static str, raw: Option<String>) -> Result<Option<String>, Invalid> {
+    optional_text(field, raw, 2000)
 }
 
 impl CreateTaskBody {
@@ -239,11 +159,11 @@ impl UpdateTaskBody {
                 .required("difficulty")?
                 .map(|v| ranged("difficulty", v, 1, 5))
                 .transpose()?,
-            due_date: match self.due_date {
-                Patch::Absent => None,
-                Patch::Null => Some(None),
-                Patch::Value(d) => Some(Some(due_date(&d)?)),
-            },
+            due_date: self
+                .due_date
+                .clearable()
+                .map(|d| d.as_deref().map(due_date).transpose())
+                .transpose()?,
             tags: self.tags.required("tags")?.map(tags).transpose()?,
         }))
     }

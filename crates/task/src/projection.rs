@@ -2,9 +2,8 @@
 //!
 //! Keys (under the projection's generation prefix):
 //! - `view:<task id>`: the TaskView JSON; absent once the task is deleted;
-//! - `user:<user id>:tasks` and `user:<user id>:tasks:<status>`: the user's live tasks as sorted
-//!   sets of `<created_at µs, 20 digits>:<task id>` with score 0, so `ZRANGE … BYLEX REV` lists
-//!   newest first and a member is a stable keyset cursor;
+//! - `user:<user id>:tasks` and `user:<user id>:tasks:<status>`: the user's live tasks, newest
+//!   first, as [`module_kit::paging`] lists;
 //! - `user:<user id>:stats`: a hash of counters.
 //!
 //! Every change is computed as the difference between what the task contributed before and
@@ -13,13 +12,13 @@
 
 use std::collections::BTreeSet;
 
-use events::{EventEnvelope, ModuleSpec};
+use events::{DomainEvent as _, EventEnvelope, ModuleSpec};
 use projection::{Projection, ProjectionError, ViewState};
 use serde::{Deserialize, Serialize};
 use streams::{Op, ReadModelKeys};
 use uuid::Uuid;
 
-use crate::MODULE;
+use crate::SPEC;
 use crate::domain::{Task, TaskError, TaskEvent, TaskStatus, evolve};
 
 /// The per-user statistics of http-api.md, over non-deleted tasks.
@@ -131,12 +130,10 @@ impl TaskKeys<'_> {
     }
 }
 
-/// The sorted-set member of a task: creation time then id, so lexicographic order is
-/// creation order and ties (same microsecond) are broken by id.
+/// The list member of a task: creation time then id ([`module_kit::paging::member`]).
 #[must_use]
 pub fn list_member(task: &Task) -> String {
-    let micros = task.created_at.unix_timestamp_nanos() / 1000;
-    format!("{:020}:{}", micros.max(0), task.id)
+    module_kit::paging::member(task.created_at, task.id)
 }
 
 fn memberships(keys: TaskKeys<'_>, task: Option<&Task>) -> BTreeSet<(String, String)> {
@@ -158,7 +155,7 @@ pub struct TaskProjection;
 
 impl Projection for TaskProjection {
     fn module(&self) -> &'static ModuleSpec {
-        MODULE
+        &SPEC
     }
 
     fn reads(&self, event: &EventEnvelope, keys: &ReadModelKeys) -> Vec<String> {
@@ -172,7 +169,7 @@ impl Projection for TaskProjection {
         keys: &ReadModelKeys,
     ) -> Result<Vec<Op>, ProjectionError> {
         let keys = TaskKeys(keys);
-        if !MODULE.emits(&event.event_type) {
+        if !SPEC.emits(&event.event_type) {
             return Err(ProjectionError::UnknownEventType(event.event_type.clone()));
         }
         let task_event = TaskEvent::from_payload(&event.event_type, &event.payload)
@@ -241,104 +238,57 @@ impl Projection for TaskProjection {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::{BTreeMap, HashMap};
+    use std::collections::HashMap;
 
-    use events::EventContext;
+    use events::{Committed, EventContext, commit};
+    use module_kit::testing::{EventClock, MemoryModel};
     use streams::KeySpace;
     use time::macros::datetime;
 
     use crate::domain::{CreateTask, TaskCommand, TaskType, UpdateTask, decide, decide_create};
 
-    /// An in-memory model of the Redis operations, to check the projection's effect.
-    #[derive(Default, Debug, PartialEq)]
-    struct Model {
-        strings: BTreeMap<String, String>,
-        zsets: BTreeMap<String, BTreeSet<String>>,
-        hashes: BTreeMap<String, BTreeMap<String, i64>>,
-    }
-
-    impl Model {
-        fn run(&mut self, ops: &[Op]) {
-            for op in ops {
-                match op {
-                    Op::Set { key, value } => {
-                        self.strings.insert(key.clone(), value.clone());
-                    }
-                    Op::Del { key } => {
-                        self.strings.remove(key);
-                    }
-                    Op::ZAdd { key, member, .. } => {
-                        self.zsets
-                            .entry(key.clone())
-                            .or_default()
-                            .insert(member.clone());
-                    }
-                    Op::ZRem { key, member } => {
-                        self.zsets.entry(key.clone()).or_default().remove(member);
-                    }
-                    Op::HIncrBy { key, field, delta } => {
-                        *self
-                            .hashes
-                            .entry(key.clone())
-                            .or_default()
-                            .entry(field.clone())
-                            .or_default() += delta;
-                    }
-                    other => panic!("unexpected op {other:?}"),
-                }
-            }
-        }
-
-        fn state(&self, key: &str) -> ViewState {
-            ViewState::from_pairs([(key.to_owned(), self.strings.get(key).cloned())])
-        }
-
-        fn stats(&self, key: &str) -> TaskStats {
-            let h = self.hashes.get(key).cloned().unwrap_or_default();
-            TaskStats::from_values(TaskStats::FIELDS.map(|f| h.get(f).copied().unwrap_or(0)))
-        }
-
-        fn members(&self, key: &str) -> usize {
-            self.zsets.get(key).map_or(0, BTreeSet::len)
-        }
-    }
-
     struct Harness {
-        model: Model,
+        model: MemoryModel,
         keys: ReadModelKeys,
         user: Uuid,
         tasks: HashMap<Uuid, Task>,
-        clock: i64,
+        clock: EventClock,
     }
 
     impl Harness {
         fn new() -> Self {
             Self {
-                model: Model::default(),
+                model: MemoryModel::default(),
                 keys: KeySpace::new("t:").read_model("task", 1),
                 user: Uuid::now_v7(),
                 tasks: HashMap::new(),
-                clock: 0,
-            }
-        }
-
-        fn ctx(&mut self) -> EventContext {
-            self.clock += 1;
-            EventContext {
-                user_id: Some(self.user),
-                correlation_id: None,
-                source: "test".into(),
-                now: datetime!(2026-11-24 10:00:00 UTC) + time::Duration::seconds(self.clock),
+                clock: EventClock::starting_at(
+                    datetime!(2026-11-24 10:00:01 UTC),
+                    time::Duration::seconds(1),
+                ),
             }
         }
 
         fn project(&mut self, envelope: &EventEnvelope) -> Vec<Op> {
-            let key = TaskKeys(&self.keys).view(envelope.aggregate_id);
+            let reads = TaskProjection.reads(envelope, &self.keys);
             let ops = TaskProjection
-                .apply(envelope, &self.model.state(&key), &self.keys)
+                .apply(envelope, &self.model.state(&reads), &self.keys)
                 .expect("apply");
             self.model.run(&ops);
             ops
+        }
+
+        /// Plays `events` on `id` as the command side does, then projects them.
+        fn play(&mut self, id: Uuid, events: &[TaskEvent]) {
+            let ctx = self.clock.context(self.user);
+            let state = self.tasks.get(&id).cloned();
+            let version = state.as_ref().map_or(0, |t| t.version);
+            let Committed { state, envelopes } =
+                commit(state, version, id, events, &ctx).expect("evolve");
+            self.tasks.insert(id, state.expect("exists"));
+            for env in &envelopes {
+                self.project(env);
+            }
         }
 
         fn create(&mut self, minutes: i32) -> Uuid {
@@ -352,35 +302,19 @@ mod tests {
                 due_date: None,
                 tags: vec![],
             };
-            let ctx = self.ctx();
-            let e = decide_create(self.user, &cmd).remove(0);
-            let env = ctx.envelope("Task", cmd.id, 1, e.event_type(), e.payload());
-            let task = evolve(None, &e, cmd.id, 1, ctx.now).expect("evolve");
-            self.tasks.insert(cmd.id, task);
-            self.project(&env);
+            let events = decide_create(self.user, &cmd);
+            self.play(cmd.id, &events);
             cmd.id
         }
 
-        fn command(&mut self, id: Uuid, cmd: TaskCommand) -> Vec<EventEnvelope> {
-            let ctx = self.ctx();
-            let task = self.tasks[&id].clone();
-            let events = decide(&task, &cmd).expect("allowed");
-            let mut envs = vec![];
-            let mut t = task;
-            for e in &events {
-                let v = t.version + 1;
-                envs.push(ctx.envelope("Task", id, v, e.event_type(), e.payload()));
-                t = evolve(Some(t), e, id, v, ctx.now).expect("evolve");
-            }
-            self.tasks.insert(id, t);
-            for env in &envs {
-                self.project(env);
-            }
-            envs
+        fn command(&mut self, id: Uuid, cmd: TaskCommand) {
+            let events = decide(&self.tasks[&id], &cmd).expect("allowed");
+            self.play(id, &events);
         }
 
         fn stats(&self) -> TaskStats {
-            self.model.stats(&TaskKeys(&self.keys).stats(self.user))
+            let key = TaskKeys(&self.keys).stats(self.user);
+            TaskStats::from_values(TaskStats::FIELDS.map(|f| self.model.counter(&key, f)))
         }
 
         fn expected_stats(&self) -> TaskStats {
@@ -398,7 +332,6 @@ mod tests {
 
         fn view(&self, id: Uuid) -> Option<Task> {
             self.model
-                .strings
                 .get(&TaskKeys(&self.keys).view(id))
                 .map(|s| serde_json::from_str(s).expect("json"))
         }

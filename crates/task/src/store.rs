@@ -8,11 +8,12 @@ use outbox::tokio_postgres::Row;
 use service_kit::command::CommandOutcome;
 use uuid::Uuid;
 
+use events::{Committed, commit};
+
+use crate::SPEC;
 use crate::domain::{
-    CreateTask, Task, TaskCommand, TaskError, TaskEvent, TaskStatus, TaskType, decide,
-    decide_create, evolve,
+    CreateTask, Task, TaskCommand, TaskError, TaskStatus, TaskType, decide, decide_create,
 };
-use crate::{AGGREGATE_TYPE, MODULE};
 
 const COLUMNS: &str = "id, user_id, title, type, tags, estimated_minutes, priority, difficulty, status, \
     due_date, started_at, completed_at, actual_minutes, note, abandon_reason, created_at, updated_at, \
@@ -51,19 +52,6 @@ pub fn from_row(row: &Row) -> Result<Task, TaskError> {
     })
 }
 
-fn envelopes(
-    ctx: &EventContext,
-    id: Uuid,
-    first_version: i64,
-    events: &[TaskEvent],
-) -> Vec<events::EventEnvelope> {
-    events
-        .iter()
-        .zip(first_version..)
-        .map(|(e, v)| ctx.envelope(AGGREGATE_TYPE, id, v, e.event_type(), e.payload()))
-        .collect()
-}
-
 /// Creates a task owned by the context's user.
 ///
 /// # Errors
@@ -75,16 +63,17 @@ pub async fn create(
 ) -> Result<CommandOutcome, TaskError> {
     let user = ctx.user_id.unwrap_or_default();
     let events = decide_create(user, cmd);
-    let task = events.iter().zip(1..).try_fold(None, |state, (e, v)| {
-        evolve(state, e, cmd.id, v, ctx.now).map(Some)
-    })?;
-    let Some(task) = task else {
+    let Committed {
+        state: Some(task),
+        envelopes,
+    } = commit::<Task>(None, 0, cmd.id, &events, ctx)?
+    else {
         return Err(TaskError::NotFound);
     };
     tx.execute(
 &tx.prepare_cached("INSERT INTO tasks (id, user_id, title, type, tags, estimated_minutes, priority, difficulty,
                             status, due_date, created_at, updated_at, version)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)").await.map_err(outbox::OutboxError::from)?,
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)").await?,
         &[
             &task.id,
             &task.user_id,
@@ -101,15 +90,11 @@ pub async fn create(
             &task.version,
         ],
     )
-    .await
-    .map_err(outbox::OutboxError::from)?;
-    Ok(CommandOutcome::new(
-        MODULE.name,
-        task.id,
-        task.version,
-        envelopes(ctx, task.id, 1, &events),
+    .await?;
+    Ok(
+        CommandOutcome::new(SPEC.name, task.id, task.version, envelopes)
+            .created_at(format!("/v1/tasks/{}", task.id)),
     )
-    .created_at(format!("/v1/tasks/{}", task.id)))
 }
 
 /// Runs `cmd` on task `id` for the context's user.
@@ -135,12 +120,10 @@ pub async fn execute(
             &tx.prepare_cached(&format!(
                 "SELECT {COLUMNS} FROM tasks WHERE id = $1 FOR UPDATE"
             ))
-            .await
-            .map_err(outbox::OutboxError::from)?,
+            .await?,
             &[&id],
         )
-        .await
-        .map_err(outbox::OutboxError::from)?;
+        .await?;
     let task = row.as_ref().map(from_row).transpose()?;
     let task = match task {
         Some(t) if Some(t.user_id) == ctx.user_id && !t.deleted => t,
@@ -156,19 +139,22 @@ pub async fn execute(
     }
     let events = decide(&task, cmd)?;
     if events.is_empty() {
-        return Ok(CommandOutcome::new(MODULE.name, id, task.version, vec![]));
+        return Ok(CommandOutcome::new(SPEC.name, id, task.version, vec![]));
     }
-    let first = task.version + 1;
-    let new = events
-        .iter()
-        .zip(first..)
-        .try_fold(task, |t, (e, v)| evolve(Some(t), e, id, v, ctx.now))?;
+    let version = task.version;
+    let Committed {
+        state: Some(new),
+        envelopes,
+    } = commit(Some(task), version, id, &events, ctx)?
+    else {
+        return Err(TaskError::NotFound);
+    };
     tx.execute(
 &tx.prepare_cached("UPDATE tasks SET title = $2, tags = $3, estimated_minutes = $4, priority = $5, difficulty = $6,
                 status = $7, due_date = $8, started_at = $9, completed_at = $10, actual_minutes = $11,
                 note = $12, abandon_reason = $13, updated_at = $14::timestamptz, version = $15,
                 deleted_at = CASE WHEN $16::boolean THEN $14::timestamptz ELSE NULL END
-         WHERE id = $1").await.map_err(outbox::OutboxError::from)?,
+         WHERE id = $1").await?,
         &[
             &id,
             &new.title,
@@ -188,14 +174,8 @@ pub async fn execute(
             &new.deleted,
         ],
     )
-    .await
-    .map_err(outbox::OutboxError::from)?;
-    Ok(CommandOutcome::new(
-        MODULE.name,
-        id,
-        new.version,
-        envelopes(ctx, id, first, &events),
-    ))
+    .await?;
+    Ok(CommandOutcome::new(SPEC.name, id, new.version, envelopes))
 }
 
 /// Loads a task row (deleted ones included): for tests and checks that compare the read model
@@ -212,8 +192,7 @@ pub async fn load(
             &format!("SELECT {COLUMNS} FROM tasks WHERE id = $1"),
             &[&id],
         )
-        .await
-        .map_err(outbox::OutboxError::from)?;
+        .await?;
     row.as_ref().map(from_row).transpose()
 }
 
@@ -230,7 +209,6 @@ pub async fn live_tasks_of(
             &format!("SELECT {COLUMNS} FROM tasks WHERE user_id = $1 AND deleted_at IS NULL ORDER BY created_at DESC, id DESC"),
             &[&user],
         )
-        .await
-        .map_err(outbox::OutboxError::from)?;
+        .await?;
     rows.iter().map(from_row).collect()
 }

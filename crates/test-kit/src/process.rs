@@ -1,4 +1,6 @@
-//! Starting the service binaries as real processes, with their logs captured to files.
+//! Starting the service binaries as real processes: [`Service`] for tests (logs captured to a
+//! file, killed when dropped), [`Process`] for benchmarks (output discarded, stopped with
+//! SIGTERM when dropped, as in production), and what a benchmark measures of a process.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -6,19 +8,37 @@ use std::time::Duration;
 
 use tokio::process::{Child, Command};
 
-/// Directory of the built binaries: `CQRS_BIN_DIR`, else the directory above the test
-/// executable's `deps/` (where cargo puts binaries of the same profile).
+/// Where workspace binary `name` was built: `CQRS_BIN_DIR` if set, else beside the running
+/// executable (a benchmark binary sits with the services it starts) or one directory up (a
+/// test executable sits in `deps/`, below the binaries of its profile).
 ///
-/// # Panics
-/// When the test executable has no such parent directory.
-#[must_use]
-pub fn bin_dir() -> PathBuf {
-    if let Ok(dir) = std::env::var("CQRS_BIN_DIR") {
-        return PathBuf::from(dir);
-    }
-    let exe = std::env::current_exe().expect("current exe");
-    let deps = exe.parent().expect("deps dir");
-    deps.parent().expect("profile dir").to_path_buf()
+/// # Errors
+/// When it was not built, saying how to build it.
+pub fn find_binary(name: &str) -> Result<PathBuf, String> {
+    let candidates: Vec<PathBuf> = match std::env::var("CQRS_BIN_DIR") {
+        Ok(dir) => vec![PathBuf::from(dir)],
+        Err(_) => {
+            let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+            exe.ancestors()
+                .skip(1)
+                .take(2)
+                .map(Path::to_path_buf)
+                .collect()
+        }
+    };
+    candidates
+        .iter()
+        .map(|dir| dir.join(name))
+        .find(|p| p.exists())
+        .ok_or_else(|| {
+            format!(
+                "{name} is not built next to {}: build the binaries first \
+                 (`cargo build --workspace --bins`; `make test` and `make bench` do)",
+                candidates
+                    .first()
+                    .map_or_else(String::new, |d| d.display().to_string())
+            )
+        })
 }
 
 /// The path of workspace binary `name`. Package tests should prefer cargo's
@@ -28,13 +48,7 @@ pub fn bin_dir() -> PathBuf {
 /// When it was not built, saying how to build it.
 #[must_use]
 pub fn binary(name: &str) -> PathBuf {
-    let path = bin_dir().join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: build the binaries first (`cargo build --workspace --bins`; `make test` does)",
-        path.display()
-    );
-    path
+    find_binary(name).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Picks a free TCP port on 127.0.0.1.
@@ -102,7 +116,6 @@ impl Service {
     /// # Panics
     /// When it does not within `timeout`, printing the log.
     pub async fn wait_ready(&mut self, timeout: Duration) {
-        let client = reqwest::Client::new();
         let deadline = std::time::Instant::now() + timeout;
         let mut port_retries = 0;
         loop {
@@ -116,13 +129,7 @@ impl Service {
                 }
                 panic!("{} exited with {status}:\n{}", self.name, self.log_text());
             }
-            if let Ok(r) = client
-                .get(format!("{}/readyz", self.url()))
-                .timeout(Duration::from_secs(1))
-                .send()
-                .await
-                && r.status().is_success()
-            {
+            if is_ready(&self.url()).await {
                 return;
             }
             assert!(
@@ -229,4 +236,135 @@ pub async fn run(path: &Path, args: &[&str], env: &[(String, String)]) -> (i32, 
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+async fn is_ready(base_url: &str) -> bool {
+    reqwest::Client::new()
+        .get(format!("{base_url}/readyz"))
+        .timeout(Duration::from_secs(1))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+}
+
+/// Waits until `base_url/readyz` answers 200.
+///
+/// # Errors
+/// When it does not within `timeout`.
+pub async fn wait_ready(base_url: &str, timeout: Duration) -> Result<(), String> {
+    let deadline = std::time::Instant::now() + timeout;
+    while !is_ready(base_url).await {
+        if std::time::Instant::now() > deadline {
+            return Err(format!("{base_url} not ready within {timeout:?}"));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+/// A service process of a benchmark. Dropping it stops it as production does, with SIGTERM
+/// (then SIGKILL after 5 s), so it releases its leases: a killed process's leases would make
+/// the next one wait for them to expire.
+pub struct Process(std::process::Child);
+
+impl Process {
+    /// Starts workspace binary `name` with exactly `env` (plus `PATH`), output discarded.
+    ///
+    /// # Errors
+    /// When the binary is missing or cannot start.
+    pub fn spawn(name: &str, env: &[(&str, String)]) -> std::io::Result<Self> {
+        let path = find_binary(name).map_err(std::io::Error::other)?;
+        let child = std::process::Command::new(path)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()?;
+        Ok(Self(child))
+    }
+
+    /// The process id.
+    #[must_use]
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(self.0.id().to_string())
+            .status();
+        for _ in 0..100 {
+            if matches!(self.0.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Resident memory of process `pid` in MiB (0 when unknown).
+#[must_use]
+pub fn rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// CPU time (user + system) process `pid` has used so far (zero when unknown).
+#[must_use]
+pub fn cpu_time(pid: u32) -> Duration {
+    // Fields 14 and 15 of /proc/<pid>/stat, in clock ticks (100 per second on Linux); the
+    // command name (field 2) may hold spaces, so count from the closing parenthesis.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let rest = s.rsplit_once(')')?.1.to_owned();
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+            Some(Duration::from_millis(ticks * 10))
+        })
+        .unwrap_or_default()
+}
+
+/// CPU time used so far by every process on the machine, summed by command name (as
+/// `/proc/<pid>/stat` gives it, at most 15 characters): where the cores went in a run.
+#[must_use]
+pub fn cpu_by_command() -> std::collections::BTreeMap<String, Duration> {
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some(name) = stat
+            .split_once('(')
+            .and_then(|(_, rest)| rest.rsplit_once(')'))
+            .map(|(n, _)| n.to_owned())
+        else {
+            continue;
+        };
+        *out.entry(name).or_insert(Duration::ZERO) += cpu_time(pid);
+    }
+    out
 }

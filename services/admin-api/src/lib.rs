@@ -6,10 +6,12 @@ use std::net::SocketAddr;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
+use outbox::control::ControlStore;
 use service_kit::Secret;
 use service_kit::health::Health;
-use service_kit::http::server::{self, ServerOptions};
+use service_kit::http::server::ServerOptions;
 use service_kit::settings::{PostgresArgs, RedisArgs, ShutdownArgs, TelemetryArgs};
+use service_kit::startup::{App, HttpService, connect_postgres};
 use streams::RedisPools;
 use tokio_util::sync::CancellationToken;
 
@@ -59,7 +61,8 @@ pub struct Settings {
     pub admin_readonly_tokens: Vec<Secret>,
 }
 
-/// Applies the migrations and reports what was done.
+/// Applies the migrations, then creates the control row of every projection of the registry
+/// that has none; reports what was done.
 ///
 /// # Errors
 /// PostgreSQL unreachable, a failing or edited migration.
@@ -69,19 +72,29 @@ pub async fn migrate(settings: &Settings) -> anyhow::Result<outbox::migrate::Mig
     let report = outbox::migrate::migrate(&pool, &pg.schema)
         .await
         .with_context(|| format!("migrating schema {}", pg.schema))?;
-    tracing::info!(schema = %pg.schema, applied = ?report.applied, version = report.current, "schema is up to date");
+    let created = register_projections(&pool).await?;
+    tracing::info!(schema = %pg.schema, applied = ?report.applied, version = report.current,
+        projections_registered = created, "schema is up to date");
     Ok(report)
+}
+
+/// Creates the missing control rows of the registry's projections.
+async fn register_projections(pool: &outbox::Pool) -> anyhow::Result<u64> {
+    let names: Vec<&str> = modules::specs().map(|s| s.projection).collect();
+    ControlStore::new(pool.clone())
+        .register(&names)
+        .await
+        .context("creating the projections' control rows")
 }
 
 /// A built admin-api.
 pub struct Application {
-    server: server::Server,
-    health: Health,
-    port: u16,
+    http: HttpService,
 }
 
 impl Application {
-    /// Checks settings and the schema, binds the server.
+    /// Checks settings and the schema, registers the projections' control rows, binds the
+    /// server.
     ///
     /// # Errors
     /// No operator token, a schema behind this build, a busy port.
@@ -93,41 +106,32 @@ impl Application {
         {
             anyhow::bail!("ADMIN_TOKENS must hold at least one operator token (comma-separated)");
         }
-        let pool = outbox::connect(&settings.postgres.pg_settings("admin-api"))?;
-        outbox::migrate::ensure_current(&pool)
-            .await
-            .context("checking the database schema")?;
+        let (_, pool) = connect_postgres(&settings.postgres, "admin-api").await?;
+        register_projections(&pool).await?;
         let redis = RedisPools::connect(&settings.redis.redis_settings())?;
         let health = Health::new("admin-api")
             .with_postgres(pool)
             .with_redis(redis);
-        let listener = server::bind(settings.http_addr)?;
-        let port = listener.local_addr()?.port();
         let options = ServerOptions {
             workers: Some(1),
             grace: settings.shutdown.grace(),
         };
-        let server = server::start(listener, options, health.clone(), |_| {})?;
-        tracing::info!(port, "admin-api listening");
-        Ok(Self {
-            server,
-            health,
-            port,
-        })
+        let http = HttpService::start(settings.http_addr, options, health, |_| {})?;
+        tracing::info!(port = http.port(), "admin-api listening");
+        Ok(Self { http })
     }
 
     /// The bound port.
     #[must_use]
     pub fn port(&self) -> u16 {
-        self.port
+        self.http.port()
     }
+}
 
+impl App for Application {
     /// Serves until `shutdown`.
-    ///
-    /// # Errors
-    /// The server's IO error.
-    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        server::run_until_cancelled(self.server, self.health, shutdown).await?;
+    async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        self.http.run_until_stopped(shutdown).await?;
         tracing::info!("admin-api stopped");
         Ok(())
     }

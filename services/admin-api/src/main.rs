@@ -1,6 +1,6 @@
 use admin_api::{Application, Cli, Command, migrate};
 use clap::Parser as _;
-use service_kit::shutdown::{shutdown_signal, token_from};
+use service_kit::startup::run_app;
 use service_kit::telemetry::init_tracing;
 
 #[global_allocator]
@@ -9,15 +9,13 @@ static ALLOCATOR: service_kit::Allocator = service_kit::Allocator;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_tracing(&cli.settings.telemetry, "admin-api");
     if let Some(Command::Migrate) = cli.command {
+        init_tracing(&cli.settings.telemetry, "admin-api");
         migrate(&cli.settings)
             .await
             .inspect_err(|e| tracing::error!(error = format!("{e:#}"), "migration failed"))?;
         return Ok(());
     }
-    let app = Application::build(cli.settings)
-        .await
-        .inspect_err(|e| tracing::error!(error = format!("{e:#}"), "cannot start"))?;
-    app.run_until_stopped(token_from(shutdown_signal())).await
+    let telemetry = cli.settings.telemetry.clone();
+    run_app("admin-api", &telemetry, Application::build(cli.settings)).await
 }

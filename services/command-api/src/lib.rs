@@ -1,19 +1,18 @@
 //! command-api: takes commands over HTTP and commits each one, with its events, in one
-//! PostgreSQL transaction. Modules plug in with one `.configure(..)` line each.
+//! PostgreSQL transaction. Every module of the registry mounts its command routes here.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use actix_web::web;
-use anyhow::Context as _;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser};
 use service_kit::command::CommandRunner;
 use service_kit::health::Health;
-use service_kit::http::auth::{JwtKeys, parse_ttl};
-use service_kit::http::server::{self, ServerOptions};
+use service_kit::http::auth::JwtKeys;
+use service_kit::http::server::ServerOptions;
 use service_kit::settings::{JwtArgs, PostgresArgs, ShutdownArgs, StreamArgs, TelemetryArgs};
+use service_kit::startup::{ApiCommand, App, HttpService, connect_postgres};
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
 /// Command line of the binary.
 #[derive(Debug, Parser)]
@@ -25,24 +24,10 @@ use uuid::Uuid;
 pub struct Cli {
     /// What to do (default: serve).
     #[command(subcommand)]
-    pub command: Option<Command>,
+    pub command: Option<ApiCommand>,
     /// Settings.
     #[command(flatten)]
     pub settings: Settings,
-}
-
-/// Subcommands.
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Print a JWT for local use.
-    Token {
-        /// The user the token authenticates.
-        #[arg(long)]
-        user: Uuid,
-        /// Lifetime, e.g. 90s, 15m, 1h, 7d.
-        #[arg(long, default_value = "1h", value_parser = parse_ttl)]
-        ttl: Duration,
-    },
 }
 
 /// Settings (flags or same-named environment variables).
@@ -68,10 +53,8 @@ pub struct Settings {
 
 /// A built, not yet running, command-api.
 pub struct Application {
-    server: server::Server,
-    health: Health,
+    http: HttpService,
     pool: outbox::Pool,
-    port: u16,
 }
 
 impl Application {
@@ -80,10 +63,7 @@ impl Application {
     /// # Errors
     /// Unreachable PostgreSQL, a schema behind this build, a busy port.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        let pool = outbox::connect(&settings.postgres.pg_settings("command-api"))?;
-        outbox::migrate::ensure_current(&pool)
-            .await
-            .context("checking the database schema")?;
+        let (_, pool) = connect_postgres(&settings.postgres, "command-api").await?;
         let runner = web::Data::new(CommandRunner::new(
             pool.clone(),
             settings.streams.stream_partitions,
@@ -91,39 +71,32 @@ impl Application {
         ));
         let jwt = web::Data::new(JwtKeys::new(&settings.jwt.jwt_secret));
         let health = Health::new("command-api").with_postgres(pool.clone());
-        let listener = server::bind(settings.http_addr)?;
-        let port = listener.local_addr()?.port();
         let options = ServerOptions {
             workers: settings.http_workers,
             grace: settings.shutdown.grace(),
         };
-        let server = server::start(listener, options, health.clone(), move |cfg| {
-            cfg.app_data(runner.clone())
-                .app_data(jwt.clone())
-                .configure(task::http::command_routes);
+        let http = HttpService::start(settings.http_addr, options, health, move |cfg| {
+            cfg.app_data(runner.clone()).app_data(jwt.clone());
+            for module in modules::ALL {
+                cfg.configure(module.command_routes);
+            }
         })?;
-        tracing::info!(port, "command-api listening");
-        Ok(Self {
-            server,
-            health,
-            pool,
-            port,
-        })
+        tracing::info!(port = http.port(), "command-api listening");
+        Ok(Self { http, pool })
     }
 
     /// The bound port.
     #[must_use]
     pub fn port(&self) -> u16 {
-        self.port
+        self.http.port()
     }
+}
 
+impl App for Application {
     /// Serves until `shutdown`; in-flight requests finish first.
-    ///
-    /// # Errors
-    /// The server's IO error.
-    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+    async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let purge = tokio::spawn(purge_idempotency_keys(self.pool.clone(), shutdown.clone()));
-        server::run_until_cancelled(self.server, self.health, shutdown).await?;
+        self.http.run_until_stopped(shutdown).await?;
         purge.abort();
         tracing::info!("command-api stopped");
         Ok(())
@@ -143,14 +116,4 @@ async fn purge_idempotency_keys(pool: outbox::Pool, shutdown: CancellationToken)
             Err(e) => tracing::warn!(error = %e, "cannot purge idempotency keys"),
         }
     }
-}
-
-/// Prints a token for `user`.
-///
-/// # Errors
-/// If signing fails.
-pub fn print_token(settings: &Settings, user: Uuid, ttl: Duration) -> anyhow::Result<()> {
-    let token = JwtKeys::new(&settings.jwt.jwt_secret).issue(user, ttl)?;
-    println!("{token}");
-    Ok(())
 }

@@ -1,7 +1,6 @@
 use clap::Parser as _;
-use command_api::{Application, Cli, Command, print_token};
-use service_kit::shutdown::{shutdown_signal, token_from};
-use service_kit::telemetry::init_tracing;
+use command_api::{Application, Cli};
+use service_kit::startup::{ApiCommand, run_app};
 
 #[global_allocator]
 static ALLOCATOR: service_kit::Allocator = service_kit::Allocator;
@@ -9,12 +8,9 @@ static ALLOCATOR: service_kit::Allocator = service_kit::Allocator;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    if let Some(Command::Token { user, ttl }) = cli.command {
-        return print_token(&cli.settings, user, ttl);
+    if let Some(ApiCommand::Token(token)) = &cli.command {
+        return token.print(&cli.settings.jwt);
     }
-    init_tracing(&cli.settings.telemetry, "command-api");
-    let app = Application::build(cli.settings)
-        .await
-        .inspect_err(|e| tracing::error!(error = format!("{e:#}"), "cannot start"))?;
-    app.run_until_stopped(token_from(shutdown_signal())).await
+    let telemetry = cli.settings.telemetry.clone();
+    run_app("command-api", &telemetry, Application::build(cli.settings)).await
 }

@@ -6,15 +6,15 @@ pub mod relay;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use clap::{Args, Parser};
 use service_kit::health::Health;
-use service_kit::http::server::{self, ServerOptions};
+use service_kit::http::server::ServerOptions;
 use service_kit::settings::{PostgresArgs, RedisArgs, ShutdownArgs, StreamArgs, TelemetryArgs};
+use service_kit::startup::{App, HttpService, connect_postgres, host_name};
 use streams::RedisPools;
 use tokio_util::sync::CancellationToken;
 
-pub use relay::{Relay, RelaySettings};
+pub use relay::{Progress, Relay, RelaySettings};
 
 /// Command line of the binary.
 #[derive(Debug, Parser)]
@@ -68,14 +68,7 @@ pub struct Settings {
 }
 
 fn default_holder() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_default();
-    let host = if host.is_empty() {
-        "relay".to_owned()
-    } else {
-        host
-    };
+    let host = host_name().unwrap_or_else(|| "relay".to_owned());
     format!(
         "{host}-{}-{:04x}",
         std::process::id(),
@@ -87,9 +80,7 @@ fn default_holder() -> String {
 pub struct Application {
     relay: Relay,
     pg: outbox::PgSettings,
-    server: server::Server,
-    health: Health,
-    port: u16,
+    http: HttpService,
 }
 
 impl Application {
@@ -98,11 +89,7 @@ impl Application {
     /// # Errors
     /// Bad settings, a schema behind this build, a busy port.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        let pg = settings.postgres.pg_settings("outbox-relay");
-        let pool = outbox::connect(&pg)?;
-        outbox::migrate::ensure_current(&pool)
-            .await
-            .context("checking the database schema")?;
+        let (pg, pool) = connect_postgres(&settings.postgres, "outbox-relay").await?;
         let redis = RedisPools::connect(&settings.redis.redis_settings())?;
         let relay = Relay::new(
             pool.clone(),
@@ -120,26 +107,18 @@ impl Application {
         let health = Health::new("outbox-relay")
             .with_postgres(pool)
             .with_redis(redis);
-        let listener = server::bind(settings.http_addr)?;
-        let port = listener.local_addr()?.port();
         let options = ServerOptions {
             workers: Some(1),
             grace: settings.shutdown.grace(),
         };
-        let server = server::start(listener, options, health.clone(), |_| {})?;
-        Ok(Self {
-            relay,
-            pg,
-            server,
-            health,
-            port,
-        })
+        let http = HttpService::start(settings.http_addr, options, health, |_| {})?;
+        Ok(Self { relay, pg, http })
     }
 
     /// The health server's port.
     #[must_use]
     pub fn port(&self) -> u16 {
-        self.port
+        self.http.port()
     }
 
     /// The relay (tests step it directly).
@@ -147,19 +126,14 @@ impl Application {
     pub fn relay(&self) -> &Relay {
         &self.relay
     }
+}
 
+impl App for Application {
     /// Relays until `shutdown`, then finishes the round in hand and stops.
-    ///
-    /// # Errors
-    /// The health server's IO error.
-    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let http = tokio::spawn(server::run_until_cancelled(
-            self.server,
-            self.health,
-            shutdown.clone(),
-        ));
+    async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let http = self.http.spawn(shutdown.clone());
         self.relay.run(self.pg, shutdown).await;
-        http.await.context("health server task")??;
+        http.await??;
         Ok(())
     }
 }

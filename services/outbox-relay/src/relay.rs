@@ -26,7 +26,7 @@ use outbox::{OutboxError, PgSettings};
 use resilience::{Backoff, Outage};
 use streams::publisher::{self, StreamEntry};
 use streams::{RedisPools, StreamError};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -73,6 +73,19 @@ pub struct RelaySettings {
     pub vacuum_interval: Duration,
 }
 
+/// What the relay has been doing, for whoever watches it ([`Relay::progress`]): tests wait on
+/// it instead of sleeping.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// Whether its LISTEN session is up (a commit wakes it at once).
+    pub listening: bool,
+    /// Rounds in which a partition worker drained its partition, since it started: after one,
+    /// the worker waits for a wake-up (or the poll).
+    pub drains: u64,
+    /// Batches that failed because a dependency did, since it started.
+    pub failed_batches: u64,
+}
+
 /// Publishes the outbox.
 #[derive(Clone)]
 pub struct Relay {
@@ -82,6 +95,7 @@ pub struct Relay {
     routing: StreamRouting,
     settings: RelaySettings,
     outages: Arc<Outages>,
+    progress: Arc<watch::Sender<Progress>>,
 }
 
 /// Outage trackers shared by every partition worker, so one outage logs once.
@@ -132,7 +146,7 @@ const VACUUM_THRESHOLD: i64 = 2000;
 
 /// Modules whose streams each partition feeds.
 fn modules() -> impl Iterator<Item = &'static str> {
-    events::catalogue::MODULES.iter().map(|m| m.name)
+    modules::specs().map(|m| m.name)
 }
 
 impl Relay {
@@ -161,7 +175,14 @@ impl Relay {
                 postgres: Mutex::new(Outage::new("postgres", "relay")),
                 redis: Mutex::new(Outage::new("redis", "relay")),
             }),
+            progress: Arc::new(watch::Sender::new(Progress::default())),
         }
+    }
+
+    /// What the relay is doing, as it happens.
+    #[must_use]
+    pub fn progress(&self) -> watch::Receiver<Progress> {
+        self.progress.subscribe()
     }
 
     /// The lease bookkeeping (tests tick it by hand).
@@ -299,6 +320,7 @@ impl Relay {
             pg,
             wakers.clone(),
             rebalance.clone(),
+            self.progress.clone(),
             shutdown.clone(),
         ));
         let mut workers: BTreeMap<u32, (CancellationToken, JoinHandle<()>)> = BTreeMap::new();
@@ -428,6 +450,7 @@ impl Relay {
                         self.outages.succeeded();
                     }
                     backoff.reset();
+                    self.progress.send_modify(|p| p.drains += 1);
                     tokio::select! {
                         () = wake.notified() => {}
                         () = tokio::time::sleep(self.settings.poll_interval) => {}
@@ -439,6 +462,7 @@ impl Relay {
                 Err(RelayError::LeaseLost) => return,
                 Err(e) => {
                     self.outages.failed(&e);
+                    self.progress.send_modify(|p| p.failed_batches += 1);
                     tokio::select! {
                         () = tokio::time::sleep(backoff.next_delay_jittered()) => {}
                         () = stop.cancelled() => {}
@@ -456,8 +480,11 @@ async fn listen(
     pg: PgSettings,
     wakers: Arc<Vec<Notify>>,
     rebalance: Arc<Notify>,
+    progress: Arc<watch::Sender<Progress>>,
     shutdown: CancellationToken,
 ) {
+    let listening =
+        |up: bool| progress.send_if_modified(|p| std::mem::replace(&mut p.listening, up) != up);
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     let wake_all = |w: &Vec<Notify>| w.iter().for_each(Notify::notify_one);
     while !shutdown.is_cancelled() {
@@ -465,6 +492,7 @@ async fn listen(
         match Listener::start(&pg, &outbox::notify_channel(&pg.schema), tx).await {
             Ok(mut l) => {
                 backoff.reset();
+                listening(true);
                 // Subscribed: look once for work committed before the subscription existed.
                 wake_all(&wakers);
                 loop {
@@ -486,6 +514,7 @@ async fn listen(
                 tracing::debug!(error = %resilience::error_chain(&e), "cannot LISTEN; retrying")
             }
         }
+        listening(false);
         // Rows committed while disconnected are found by the poll fallback; wake everyone
         // once anyway so a recovery is not delayed by a full poll interval.
         wake_all(&wakers);

@@ -1,5 +1,5 @@
-//! projector-worker: consumes the module streams and maintains the read models. Each hosted
-//! projection is one line in [`projections`].
+//! projector-worker: consumes the module streams and maintains the read models, one projector
+//! per module of the registry.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -7,10 +7,12 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Parser};
-use projection::{Projection, Projector, ProjectorSettings};
+use outbox::control::ControlStore;
+use projection::{Projector, ProjectorSettings};
 use service_kit::health::Health;
-use service_kit::http::server::{self, ServerOptions};
+use service_kit::http::server::ServerOptions;
 use service_kit::settings::{PostgresArgs, RedisArgs, ShutdownArgs, StreamArgs, TelemetryArgs};
+use service_kit::startup::{App, HttpService, connect_postgres, host_name};
 use streams::RedisPools;
 use tokio_util::sync::CancellationToken;
 
@@ -67,46 +69,36 @@ pub struct Settings {
     pub projector_retry_cap_ms: u64,
 }
 
-/// The projections this worker hosts.
-#[must_use]
-pub fn projections() -> Vec<Arc<dyn Projection>> {
-    vec![Arc::new(task::TaskProjection)]
-}
-
-fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|s| s.trim().to_owned())
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "projector".into())
-}
-
 /// A built worker.
 pub struct Application {
     projectors: Vec<Arc<Projector>>,
     pg: outbox::PgSettings,
     pool: outbox::Pool,
-    server: server::Server,
-    health: Health,
-    port: u16,
+    http: HttpService,
 }
 
 impl Application {
-    /// Connects, checks the schema, binds the health server.
+    /// Connects, checks the schema, registers the projections' control rows, binds the health
+    /// server.
     ///
     /// # Errors
     /// Bad settings, a schema behind this build, a busy port.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        let pg = settings.postgres.pg_settings("projector-worker");
-        let pool = outbox::connect(&pg)?;
-        outbox::migrate::ensure_current(&pool)
+        let (pg, pool) = connect_postgres(&settings.postgres, "projector-worker").await?;
+        let names: Vec<&str> = modules::specs().map(|s| s.projection).collect();
+        ControlStore::new(pool.clone())
+            .register(&names)
             .await
-            .context("checking the database schema")?;
+            .context("creating the projections' control rows")?;
         let redis = RedisPools::connect(&settings.redis.redis_settings())?;
-        let replica = settings.consumer_name.clone().unwrap_or_else(host_name);
-        let projectors = projections()
-            .into_iter()
-            .map(|p| {
+        let replica = settings
+            .consumer_name
+            .clone()
+            .or_else(host_name)
+            .unwrap_or_else(|| "projector".into());
+        let projectors = modules::ALL
+            .iter()
+            .map(|m| {
                 let s = ProjectorSettings {
                     partitions: settings.streams.stream_partitions,
                     batch_size: usize::try_from(settings.projector_batch_size).unwrap_or(256),
@@ -117,46 +109,42 @@ impl Application {
                     retry_cap: Duration::from_millis(settings.projector_retry_cap_ms),
                     ..ProjectorSettings::new(replica.clone())
                 };
-                Arc::new(Projector::new(redis.clone(), Some(pool.clone()), p, s))
+                Arc::new(Projector::new(
+                    redis.clone(),
+                    Some(pool.clone()),
+                    (m.projection)(),
+                    s,
+                ))
             })
             .collect();
         let health = Health::new("projector-worker")
             .with_postgres(pool.clone())
             .with_redis(redis);
-        let listener = server::bind(settings.http_addr)?;
-        let port = listener.local_addr()?.port();
         let options = ServerOptions {
             workers: Some(1),
             grace: settings.shutdown.grace(),
         };
-        let server = server::start(listener, options, health.clone(), |_| {})?;
+        let http = HttpService::start(settings.http_addr, options, health, |_| {})?;
         Ok(Self {
             projectors,
             pg,
             pool,
-            server,
-            health,
-            port,
+            http,
         })
     }
 
     /// The health server's port.
     #[must_use]
     pub fn port(&self) -> u16 {
-        self.port
+        self.http.port()
     }
+}
 
+impl App for Application {
     /// Consumes until `shutdown`; batches in hand are finished and acknowledged first, and the
     /// partition leases are released.
-    ///
-    /// # Errors
-    /// The health server's IO error.
-    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let http = tokio::spawn(server::run_until_cancelled(
-            self.server,
-            self.health,
-            shutdown.clone(),
-        ));
+    async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let http = self.http.spawn(shutdown.clone());
         let names: Vec<&str> = self
             .projectors
             .iter()

@@ -1,7 +1,6 @@
 use clap::Parser as _;
 use projector_worker::{Application, Cli};
-use service_kit::shutdown::{shutdown_signal, token_from};
-use service_kit::telemetry::init_tracing;
+use service_kit::startup::run_app;
 
 #[global_allocator]
 static ALLOCATOR: service_kit::Allocator = service_kit::Allocator;
@@ -9,9 +8,11 @@ static ALLOCATOR: service_kit::Allocator = service_kit::Allocator;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_tracing(&cli.settings.telemetry, "projector-worker");
-    let app = Application::build(cli.settings)
-        .await
-        .inspect_err(|e| tracing::error!(error = format!("{e:#}"), "cannot start"))?;
-    app.run_until_stopped(token_from(shutdown_signal())).await
+    let telemetry = cli.settings.telemetry.clone();
+    run_app(
+        "projector-worker",
+        &telemetry,
+        Application::build(cli.settings),
+    )
+    .await
 }

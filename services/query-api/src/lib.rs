@@ -1,21 +1,20 @@
 //! query-api: serves the Redis read models, with read-your-writes through consistency tokens.
-//! Modules plug in with one `.configure(..)` line each.
+//! Every module of the registry mounts its query routes here, each reading the active
+//! generation of its own read model.
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use actix_web::web;
-use anyhow::Context as _;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser};
 use service_kit::health::Health;
-use service_kit::http::auth::{JwtKeys, parse_ttl};
-use service_kit::http::server::{self, ServerOptions};
+use service_kit::http::auth::JwtKeys;
+use service_kit::http::server::ServerOptions;
+use service_kit::read_side::ReadSides;
 use service_kit::settings::{JwtArgs, PostgresArgs, RedisArgs, ShutdownArgs, TelemetryArgs};
+use service_kit::startup::{ApiCommand, App, HttpService, connect_postgres};
 use streams::RedisPools;
-use streams::keys::INITIAL_GENERATION;
 use streams::visibility::AppliedWatch;
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
 /// Command line of the binary.
 #[derive(Debug, Parser)]
@@ -23,24 +22,10 @@ use uuid::Uuid;
 pub struct Cli {
     /// What to do (default: serve).
     #[command(subcommand)]
-    pub command: Option<Command>,
+    pub command: Option<ApiCommand>,
     /// Settings.
     #[command(flatten)]
     pub settings: Settings,
-}
-
-/// Subcommands.
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Print a JWT for local use.
-    Token {
-        /// The user the token authenticates.
-        #[arg(long)]
-        user: Uuid,
-        /// Lifetime, e.g. 90s, 15m, 1h, 7d.
-        #[arg(long, default_value = "1h", value_parser = parse_ttl)]
-        ttl: Duration,
-    },
 }
 
 /// Settings (flags or same-named environment variables).
@@ -66,9 +51,7 @@ pub struct Settings {
 
 /// A built, not yet running, query-api.
 pub struct Application {
-    server: server::Server,
-    health: Health,
-    port: u16,
+    http: HttpService,
 }
 
 impl Application {
@@ -77,71 +60,42 @@ impl Application {
     /// # Errors
     /// A schema behind this build, a busy port, bad settings.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        let pool = outbox::connect(&settings.postgres.pg_settings("query-api"))?;
-        outbox::migrate::ensure_current(&pool)
-            .await
-            .context("checking the database schema")?;
+        // Serving needs Redis only; PostgreSQL is needed for the start-up schema check.
+        connect_postgres(&settings.postgres, "query-api").await?;
         let redis = RedisPools::connect(&settings.redis.redis_settings())?;
         let jwt = web::Data::new(JwtKeys::new(&settings.jwt.jwt_secret));
-        let tasks = web::Data::new(task::queries::TaskQueries::new(
-            redis.commands.clone(),
-            redis.keys.read_model(task::MODULE.name, INITIAL_GENERATION),
-        ));
-        // Serving needs Redis only; PostgreSQL was needed for the start-up schema check.
         let health = Health::new("query-api").with_redis(redis.clone());
         // One subscription for all requests: waiting reads wake on the projector's
         // announcements instead of polling Redis.
-        let watch = web::Data::new(AppliedWatch::start(
-            settings.redis.redis_url.expose(),
-            &redis.keys,
-        )?);
-        let redis = web::Data::new(redis);
-        let listener = server::bind(settings.http_addr)?;
-        let port = listener.local_addr()?.port();
+        let watch = AppliedWatch::start(settings.redis.redis_url.expose(), &redis.keys)?;
+        let specs: Vec<_> = modules::specs().collect();
+        let reads = ReadSides::new(redis, watch, &specs);
         let options = ServerOptions {
             workers: settings.http_workers,
             grace: settings.shutdown.grace(),
         };
-        let server = server::start(listener, options, health.clone(), move |cfg| {
-            cfg.app_data(jwt.clone())
-                .app_data(redis.clone())
-                .app_data(watch.clone())
-                .app_data(tasks.clone())
-                .configure(task::http::query_routes);
+        let http = HttpService::start(settings.http_addr, options, health, move |cfg| {
+            cfg.app_data(jwt.clone());
+            for module in modules::ALL {
+                (module.query_routes)(cfg, &reads.of(module.spec));
+            }
         })?;
-        tracing::info!(port, "query-api listening");
-        Ok(Self {
-            server,
-            health,
-            port,
-        })
+        tracing::info!(port = http.port(), "query-api listening");
+        Ok(Self { http })
     }
 
     /// The bound port.
     #[must_use]
     pub fn port(&self) -> u16 {
-        self.port
-    }
-
-    /// Serves until `shutdown`; in-flight requests finish first.
-    ///
-    /// # Errors
-    /// The server's IO error.
-    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        server::run_until_cancelled(self.server, self.health, shutdown).await?;
-        tracing::info!("query-api stopped");
-        Ok(())
+        self.http.port()
     }
 }
 
-/// Prints a token for `user`.
-///
-/// # Errors
-/// If signing fails.
-pub fn print_token(settings: &Settings, user: Uuid, ttl: Duration) -> anyhow::Result<()> {
-    println!(
-        "{}",
-        JwtKeys::new(&settings.jwt.jwt_secret).issue(user, ttl)?
-    );
-    Ok(())
+impl App for Application {
+    /// Serves until `shutdown`; in-flight requests finish first.
+    async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        self.http.run_until_stopped(shutdown).await?;
+        tracing::info!("query-api stopped");
+        Ok(())
+    }
 }

@@ -285,11 +285,8 @@ async fn a_poison_event_is_dead_lettered_parks_its_aggregate_and_a_discard_bring
         .await;
     assert_eq!(s, reqwest::StatusCode::OK);
 
-    let letters = projection::dead_letters::DeadLetters::new(
-        p.redis_pools(),
-        Arc::new(task::TaskProjection),
-        1,
-    );
+    let letters =
+        projection::dead_letters::DeadLetters::new(p.redis_pools(), Arc::new(task::TaskProjection));
     eventually(
         Duration::from_secs(20),
         "poison dead-lettered, follower parked",

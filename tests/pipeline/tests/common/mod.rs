@@ -1,16 +1,18 @@
 //! The pipeline harness shared by the whole-pipeline tests: start the binaries as processes
 //! against a schema and key prefix of their own, send commands over HTTP, wait until the
-//! pipeline is idle, and compare the read side with PostgreSQL.
+//! pipeline is idle, and compare the read side with PostgreSQL. Idleness and the comparison
+//! cover every module of the registry.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use module_kit::{Expected, ExpectedRead};
 use rand::rngs::StdRng;
 use rand::{RngExt as _, SeedableRng as _};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use task::Task;
+use streams::ActiveGeneration;
 use test_kit::process::{Service, binary};
 use test_kit::{TestDb, TestRedis};
 use uuid::Uuid;
@@ -237,8 +239,8 @@ impl Pipeline {
         totals
     }
 
-    /// Idle: nothing in the outbox, every group has read and acknowledged everything, and the
-    /// read model exists (its marker is set).
+    /// Idle: nothing in the outbox, and for every module: its read model exists (the marker
+    /// of its active generation is set) and its group has read and acknowledged everything.
     pub async fn idle(&self) -> bool {
         self.not_idle_because().await.is_none()
     }
@@ -261,31 +263,34 @@ impl Pipeline {
             Ok(c) => c,
             Err(e) => return Some(format!("redis: {e}")),
         };
-        let marker = pools.keys.read_model("task", 1).key("marker");
-        let exists: bool = streams::redis::cmd("EXISTS")
-            .arg(&marker)
-            .query_async(&mut *conn)
-            .await
-            .unwrap_or(false);
-        if !exists {
-            return Some("read model marker missing".to_owned());
-        }
         let mut busy = vec![];
-        for stream in pools.keys.routing(self.partitions).streams("task") {
-            match streams::consumer::groups(&mut *conn, &stream).await {
-                Ok(groups) if groups.is_empty() => busy.push(format!("{stream}: no group")),
-                Ok(groups) => busy.extend(
-                    groups
-                        .iter()
-                        .filter(|g| g.pending > 0 || g.lag != Some(0))
-                        .map(|g| {
-                            format!(
-                                "{stream}: group {} pending {} lag {:?} last {}",
-                                g.name, g.pending, g.lag, g.last_delivered_id
-                            )
-                        }),
-                ),
-                Err(e) => busy.push(format!("{stream}: {e}")),
+        for spec in modules::specs() {
+            let generation = ActiveGeneration::new(&pools.keys, spec.name, spec.projection);
+            if let Err(e) = generation.refresh(&mut *conn).await {
+                return Some(format!("{}: generation: {e}", spec.name));
+            }
+            if !streams::read_model::is_built(&mut *conn, &generation.keys())
+                .await
+                .unwrap_or(false)
+            {
+                busy.push(format!("{}: read model marker missing", spec.name));
+            }
+            for stream in pools.keys.routing(self.partitions).streams(spec.name) {
+                match streams::consumer::groups(&mut *conn, &stream).await {
+                    Ok(groups) if groups.is_empty() => busy.push(format!("{stream}: no group")),
+                    Ok(groups) => busy.extend(
+                        groups
+                            .iter()
+                            .filter(|g| g.pending > 0 || g.lag != Some(0))
+                            .map(|g| {
+                                format!(
+                                    "{stream}: group {} pending {} lag {:?} last {}",
+                                    g.name, g.pending, g.lag, g.last_delivered_id
+                                )
+                            }),
+                    ),
+                    Err(e) => busy.push(format!("{stream}: {e}")),
+                }
             }
         }
         (!busy.is_empty()).then(|| busy.join("; "))
@@ -331,70 +336,54 @@ impl Pipeline {
         .expect("pools")
     }
 
-    /// Every task view, list and stat served by query-api equals PostgreSQL.
+    /// Every view, list and stat served by query-api equals what PostgreSQL says, for every
+    /// module of the registry ([`module_kit::Module::expected_reads`]).
     pub async fn assert_read_side_matches_postgres(&self, users: &[Uuid]) {
         let c = self.db.pool.get().await.expect("client");
-        let rows = c.query("SELECT id FROM tasks", &[]).await.expect("ids");
-        for row in rows {
-            let id: Uuid = row.get(0);
-            let task: Task = task::store::load(&**c, id)
+        for module in modules::ALL {
+            let expected = (module.expected_reads)(&c, users)
                 .await
-                .expect("load")
-                .expect("row");
-            let (status, _, body) = self
-                .query(task.user_id, &format!("/v1/tasks/{id}"), None)
-                .await;
-            if task.deleted {
-                assert_eq!(
-                    status,
-                    StatusCode::NOT_FOUND,
-                    "deleted task {id} is gone from the read side"
-                );
-            } else {
-                assert_eq!(status, StatusCode::OK, "{id}");
-                let view: Task = serde_json::from_value(body).expect("view");
-                assert_eq!(view, task, "view of {id} equals its row");
+                .unwrap_or_else(|e| panic!("{}: reading PostgreSQL: {e}", module.spec.name));
+            for read in expected {
+                self.assert_read(&read).await;
             }
         }
-        for user in users {
-            let row = c
-                .query_one(
-                    "SELECT count(*), count(*) FILTER (WHERE status = 'pending'), count(*) FILTER (WHERE status = 'in_progress'),
-                            count(*) FILTER (WHERE status = 'completed'), count(*) FILTER (WHERE status = 'abandoned'),
-                            coalesce(sum(estimated_minutes), 0)::bigint,
-                            coalesce(sum(actual_minutes) FILTER (WHERE status = 'completed'), 0)::bigint
-                     FROM tasks WHERE user_id = $1 AND deleted_at IS NULL",
-                    &[user],
-                )
-                .await
-                .expect("stats");
-            let expected = json!({
-                "total_tasks": row.get::<_, i64>(0), "pending_tasks": row.get::<_, i64>(1),
-                "in_progress_tasks": row.get::<_, i64>(2), "completed_tasks": row.get::<_, i64>(3),
-                "abandoned_tasks": row.get::<_, i64>(4), "total_estimated_minutes": row.get::<_, i64>(5),
-                "completed_minutes": row.get::<_, i64>(6),
-            });
-            let (status, _, stats) = self.query(*user, "/v1/me/task-stats", None).await;
-            assert_eq!(status, StatusCode::OK);
-            assert_eq!(stats, expected, "stats of {user}");
-            let live = task::store::live_tasks_of(&**c, *user).await.expect("live");
-            let mut listed: Vec<Task> = vec![];
-            let mut cursor: Option<String> = None;
-            loop {
-                let path = match &cursor {
-                    Some(c) => format!("/v1/me/tasks?limit=100&cursor={c}"),
-                    None => "/v1/me/tasks?limit=100".to_owned(),
-                };
-                let (_, _, page) = self.query(*user, &path, None).await;
-                listed.extend(
-                    serde_json::from_value::<Vec<Task>>(page["items"].clone()).expect("items"),
-                );
-                match page["next_cursor"].as_str() {
-                    Some(c) => cursor = Some(c.to_owned()),
-                    None => break,
-                }
+    }
+
+    /// Asks query-api `read` and checks its answer.
+    async fn assert_read(&self, read: &ExpectedRead) {
+        let ExpectedRead { user, path, expect } = read;
+        match expect {
+            Expected::NotFound => {
+                let (status, _, body) = self.query(*user, path, None).await;
+                assert_eq!(status, StatusCode::NOT_FOUND, "{path} is gone: {body}");
             }
-            assert_eq!(listed, live, "list of {user}: live tasks, newest first");
+            Expected::Body(want) => {
+                let (status, _, body) = self.query(*user, path, None).await;
+                assert_eq!(status, StatusCode::OK, "{path}: {body}");
+                assert_eq!(&body, want, "{path} equals PostgreSQL");
+            }
+            Expected::Items(want) => {
+                let mut listed: Vec<Value> = vec![];
+                let mut cursor: Option<String> = None;
+                loop {
+                    let page_path = match &cursor {
+                        Some(c) => format!("{path}&cursor={c}"),
+                        None => path.clone(),
+                    };
+                    let (status, _, page) = self.query(*user, &page_path, None).await;
+                    assert_eq!(status, StatusCode::OK, "{page_path}: {page}");
+                    listed.extend(page["items"].as_array().cloned().unwrap_or_default());
+                    match page["next_cursor"].as_str() {
+                        Some(c) => cursor = Some(c.to_owned()),
+                        None => break,
+                    }
+                }
+                assert_eq!(
+                    &listed, want,
+                    "{path}: every item, in order, over all pages"
+                );
+            }
         }
     }
 

@@ -4,8 +4,7 @@ use std::time::Duration;
 
 use events::EventContext;
 use outbox::PgSettings;
-use outbox_relay::{Application, Settings};
-use service_kit::settings::{PostgresArgs, RedisArgs, ShutdownArgs, StreamArgs, TelemetryArgs};
+use service_kit::startup::App as _;
 use streams::{RedisPools, RedisSettings};
 use test_kit::events_check::{audit_streams, write_events};
 use test_kit::servers::{PrivatePostgres, PrivateRedis};
@@ -13,38 +12,9 @@ use test_kit::{TestDb, TestRedis, eventually};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-fn settings(
-    pg_url: &str,
-    schema: &str,
-    redis_url: &str,
-    prefix: &str,
-    partitions: u32,
-) -> Settings {
-    Settings {
-        postgres: PostgresArgs::new(pg_url, schema),
-        redis: RedisArgs::new(redis_url, prefix),
-        streams: StreamArgs {
-            stream_partitions: partitions,
-        },
-        telemetry: TelemetryArgs::default(),
-        shutdown: ShutdownArgs::default(),
-        http_addr: "127.0.0.1:0".parse().expect("addr"),
-        relay_batch_size: 100,
-        relay_poll_interval_ms: 200,
-        relay_lease_ms: 1500,
-        relay_trim_interval_ms: 60_000,
-        relay_vacuum_interval_ms: 5000,
-        relay_id: None,
-    }
-}
+use outbox_relay::Application;
 
-async fn outbox_len(pool: &outbox::Pool) -> Option<i64> {
-    let c = pool.get().await.ok()?;
-    c.query_one("SELECT count(*) FROM outbox", &[])
-        .await
-        .ok()
-        .map(|r| r.get(0))
-}
+use crate::helpers::*;
 
 #[tokio::test]
 async fn publishing_survives_redis_and_postgres_restarts_with_nothing_lost() {

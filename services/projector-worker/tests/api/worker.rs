@@ -1,41 +1,24 @@
-//! projector-worker in-process: task events on a partitioned stream become read models.
+//! Events on partitioned streams become read models; the worker's own set-up.
 
 use std::time::Duration;
 
 use events::EventContext;
-use projector_worker::{Application, Settings};
-use service_kit::settings::{PostgresArgs, RedisArgs, ShutdownArgs, StreamArgs, TelemetryArgs};
 use streams::publisher::{self, StreamEntry};
 use streams::redis;
-use test_kit::{TestDb, TestRedis, eventually};
-use tokio_util::sync::CancellationToken;
+use test_kit::{TestDb, eventually};
 use uuid::Uuid;
+
+use crate::helpers::*;
 
 #[tokio::test]
 async fn task_events_on_every_partition_are_projected_and_shutdown_is_clean() {
-    let db = TestDb::new().await;
-    let r = TestRedis::new().await;
-    let settings = Settings {
-        postgres: PostgresArgs::new(&test_kit::database_url(), &db.schema),
-        redis: RedisArgs::new(&test_kit::redis_url(), &r.prefix),
-        streams: StreamArgs {
-            stream_partitions: 3,
-        },
-        telemetry: TelemetryArgs::default(),
-        shutdown: ShutdownArgs::default(),
-        http_addr: "127.0.0.1:0".parse().expect("addr"),
-        consumer_name: Some("worker-test".into()),
-        projector_batch_size: 16,
-        projector_block_ms: 100,
-        projector_lease_ms: 2000,
-        projector_max_attempts: 5,
-        projector_retry_base_ms: 100,
-        projector_retry_cap_ms: 10_000,
-    };
-    let app = Application::build(settings).await.expect("build");
-    let port = app.port();
-    let shutdown = CancellationToken::new();
-    let run = tokio::spawn(app.run_until_stopped(shutdown.clone()));
+    let TestApp {
+        db: _db,
+        redis: r,
+        port,
+        shutdown,
+        run,
+    } = spawn_app(3).await;
 
     let routing = r.pools.keys.routing(3);
     let user = Uuid::now_v7();
@@ -116,4 +99,40 @@ async fn task_events_on_every_partition_are_projected_and_shutdown_is_clean() {
         .expect("stops in time")
         .expect("join")
         .expect("clean");
+}
+
+#[tokio::test]
+async fn every_projection_of_the_registry_gets_its_control_row_at_start() {
+    let db = TestDb::new().await;
+    {
+        // As for a module added after the schema was migrated: no row yet.
+        let c = db.pool.get().await.expect("client");
+        c.execute("DELETE FROM projections", &[])
+            .await
+            .expect("delete");
+    }
+    let app = spawn_app_on(db, 1).await;
+    let c = app.db.pool.get().await.expect("client");
+    let mut rows: Vec<String> = c
+        .query("SELECT name FROM projections ORDER BY name", &[])
+        .await
+        .expect("rows")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut expected: Vec<String> = modules::specs().map(|s| s.projection.to_owned()).collect();
+    rows.sort();
+    expected.sort();
+    assert_eq!(rows, expected);
+    // And its heartbeats land (a heartbeat needs the row).
+    eventually(Duration::from_secs(10), "a heartbeat", || async {
+        let n: i64 = c
+            .query_one("SELECT count(*) FROM projection_workers", &[])
+            .await
+            .ok()?
+            .get(0);
+        (n > 0).then_some(())
+    })
+    .await;
+    app.shutdown.cancel();
 }

@@ -2,129 +2,11 @@
 
 use std::time::Duration;
 
-use events::{EventContext, EventEnvelope};
-use outbox_relay::{Application, Settings};
-use service_kit::settings::{PostgresArgs, RedisArgs, ShutdownArgs, StreamArgs, TelemetryArgs};
-use streams::redis;
+use test_kit::eventually;
 use test_kit::proxy::TcpProxy;
-use test_kit::{TestDb, TestRedis, eventually};
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-struct Fixture {
-    db: TestDb,
-    redis: TestRedis,
-    partitions: u32,
-}
-
-impl Fixture {
-    async fn new(partitions: u32) -> Self {
-        Self {
-            db: TestDb::new().await,
-            redis: TestRedis::new().await,
-            partitions,
-        }
-    }
-
-    fn settings(&self, pg_url: &str, redis_url: &str, poll_ms: u64) -> Settings {
-        Settings {
-            postgres: PostgresArgs::new(pg_url, &self.db.schema),
-            redis: RedisArgs::new(redis_url, &self.redis.prefix),
-            streams: StreamArgs {
-                stream_partitions: self.partitions,
-            },
-            telemetry: TelemetryArgs::default(),
-            shutdown: ShutdownArgs::default(),
-            http_addr: "127.0.0.1:0".parse().expect("addr"),
-            relay_batch_size: 50,
-            relay_poll_interval_ms: poll_ms,
-            relay_lease_ms: 1500,
-            relay_trim_interval_ms: 200,
-            relay_vacuum_interval_ms: 5000,
-            relay_id: None,
-        }
-    }
-
-    async fn start(
-        &self,
-        settings: Settings,
-    ) -> (
-        CancellationToken,
-        u16,
-        tokio::task::JoinHandle<anyhow::Result<()>>,
-    ) {
-        let app = Application::build(settings).await.expect("build");
-        let port = app.port();
-        let shutdown = CancellationToken::new();
-        let handle = tokio::spawn(app.run_until_stopped(shutdown.clone()));
-        (shutdown, port, handle)
-    }
-
-    async fn write(
-        &self,
-        aggregate: Uuid,
-        versions: std::ops::RangeInclusive<i64>,
-    ) -> Vec<EventEnvelope> {
-        let ctx = EventContext::new(None, None, "test");
-        let events: Vec<_> = versions
-            .map(|v| ctx.envelope("Task", aggregate, v, "task.updated", serde_json::json!({})))
-            .collect();
-        let mut c = self.db.pool.get().await.expect("client");
-        let tx = c.transaction().await.expect("tx");
-        outbox::append_events(&tx, &events, self.partitions)
-            .await
-            .expect("append");
-        tx.commit().await.expect("commit");
-        events
-    }
-
-    async fn outbox_len(&self) -> i64 {
-        let c = self.db.pool.get().await.expect("client");
-        c.query_one("SELECT count(*) FROM outbox", &[])
-            .await
-            .expect("count")
-            .get(0)
-    }
-
-    /// (aggregate, version) of every entry of every partition stream, in stream order.
-    async fn published(&self) -> Vec<(Uuid, i64)> {
-        let mut c = self.redis.pools.commands.get().await.expect("conn");
-        let mut out = vec![];
-        for stream in self
-            .redis
-            .pools
-            .keys
-            .routing(self.partitions)
-            .streams("task")
-        {
-            let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
-                .arg(&stream)
-                .arg("-")
-                .arg("+")
-                .query_async(&mut *c)
-                .await
-                .expect("xrange");
-            for (_, fields) in entries {
-                let env = fields
-                    .iter()
-                    .find(|(k, _)| k == "envelope")
-                    .expect("envelope");
-                let e = EventEnvelope::from_json(env.1.as_bytes()).expect("json");
-                assert_eq!(
-                    stream,
-                    self.redis
-                        .pools
-                        .keys
-                        .routing(self.partitions)
-                        .stream_for("task", e.aggregate_id),
-                    "each event goes to its aggregate's partition stream"
-                );
-                out.push((e.aggregate_id, e.aggregate_version));
-            }
-        }
-        out
-    }
-}
+use crate::helpers::*;
 
 #[tokio::test]
 async fn a_backlog_is_published_in_aggregate_order_across_partitions_and_deleted() {
@@ -135,7 +17,9 @@ async fn a_backlog_is_published_in_aggregate_order_across_partitions_and_deleted
             f.write(*id, (round * 10 + 1)..=(round * 10 + 10)).await;
         }
     }
-    let (shutdown, _, handle) = f
+    let Running {
+        shutdown, handle, ..
+    } = f
         .start(f.settings(&test_kit::database_url(), &test_kit::redis_url(), 1000))
         .await;
     eventually(Duration::from_secs(10), "outbox drained", || async {
@@ -164,10 +48,19 @@ async fn a_backlog_is_published_in_aggregate_order_across_partitions_and_deleted
 async fn a_commit_wakes_the_relay_long_before_the_poll_interval() {
     let f = Fixture::new(1).await;
     // A one-minute poll: only the NOTIFY can explain a prompt publish.
-    let (shutdown, _, _handle) = f
+    let Running {
+        shutdown,
+        mut progress,
+        ..
+    } = f
         .start(f.settings(&test_kit::database_url(), &test_kit::redis_url(), 60_000))
         .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Write once it listens and its worker has made its first look for work: from then on
+    // only a wake-up (or the poll, a minute away) makes it look again.
+    progress
+        .wait_for(|p| p.listening && p.drains > 0)
+        .await
+        .expect("relay running");
     let id = Uuid::now_v7();
     f.write(id, 1..=1).await;
     eventually(Duration::from_secs(3), "published on NOTIFY", || async {
@@ -181,7 +74,12 @@ async fn a_commit_wakes_the_relay_long_before_the_poll_interval() {
 async fn a_redis_outage_keeps_rows_and_publishing_resumes_with_nothing_lost() {
     let f = Fixture::new(2).await;
     let proxy = TcpProxy::redis().await;
-    let (shutdown, port, _handle) = f
+    let Running {
+        shutdown,
+        port,
+        mut progress,
+        ..
+    } = f
         .start(f.settings(&test_kit::database_url(), &proxy.redis_url(), 100))
         .await;
     let http = reqwest::Client::new();
@@ -209,7 +107,12 @@ async fn a_redis_outage_keeps_rows_and_publishing_resumes_with_nothing_lost() {
         },
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Three more batches fail while Redis is down, each a chance to delete what it read.
+    let failed = progress.borrow().failed_batches;
+    progress
+        .wait_for(|p| p.failed_batches >= failed + 3)
+        .await
+        .expect("relay running");
     assert_eq!(
         f.outbox_len().await,
         8,
@@ -256,7 +159,7 @@ async fn a_redis_outage_keeps_rows_and_publishing_resumes_with_nothing_lost() {
 async fn a_postgres_outage_is_survived_and_publishing_resumes() {
     let f = Fixture::new(1).await;
     let proxy = TcpProxy::postgres().await;
-    let (shutdown, port, _handle) = f
+    let Running { shutdown, port, .. } = f
         .start(f.settings(&proxy.postgres_url(), &test_kit::redis_url(), 100))
         .await;
     let id = Uuid::now_v7();

@@ -1,23 +1,12 @@
 //! admin-api as a process: migrations from several processes at once, start-up checks,
 //! graceful shutdown.
 
-use std::path::Path;
 use std::time::Duration;
 
 use test_kit::TestDb;
 use test_kit::process::{Service, run};
 
-fn bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_admin-api"))
-}
-
-fn env_for(db: &TestDb) -> Vec<(String, String)> {
-    vec![
-        ("DATABASE_URL".into(), test_kit::database_url()),
-        ("DATABASE_SCHEMA".into(), db.schema.clone()),
-        ("REDIS_URL".into(), test_kit::redis_url()),
-    ]
-}
+use crate::helpers::*;
 
 #[tokio::test]
 async fn migrate_from_two_processes_at_once_then_again_is_safe() {
@@ -29,6 +18,14 @@ async fn migrate_from_two_processes_at_once_then_again_is_safe() {
     );
     assert_eq!(a.0, 0, "first: {}{}", a.1, a.2);
     assert_eq!(b.0, 0, "second: {}{}", b.1, b.2);
+    // As for a module added since: its projection has no control row yet.
+    db.pool
+        .get()
+        .await
+        .expect("client")
+        .execute("DELETE FROM projections", &[])
+        .await
+        .expect("delete");
     let (code, out, err) = run(bin(), &["migrate"], &env).await;
     assert_eq!(code, 0, "{out}{err}");
     assert!(
@@ -51,6 +48,20 @@ async fn migrate_from_two_processes_at_once_then_again_is_safe() {
         .expect("tables")
         .get(0);
     assert!(tables >= 6, "schema created with its tables ({tables})");
+    let mut rows: Vec<String> = c
+        .query("SELECT name FROM projections", &[])
+        .await
+        .expect("projections")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut registry: Vec<String> = modules::specs().map(|s| s.projection.to_owned()).collect();
+    rows.sort();
+    registry.sort();
+    assert_eq!(
+        rows, registry,
+        "one control row per projection of the registry"
+    );
 }
 
 #[tokio::test]

@@ -1,0 +1,4 @@
+//! admin-api: migrations, start-up checks and shutdown, as a process.
+
+mod helpers;
+mod process;

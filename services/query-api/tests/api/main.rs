@@ -1,0 +1,6 @@
+//! query-api over HTTP against read models built by the real projector from a real stream.
+
+mod consistency;
+mod generations;
+mod helpers;
+mod reads;
