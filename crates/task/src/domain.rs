@@ -100,114 +100,95 @@ impl TaskType {
     }
 }
 
-/// The task aggregate; serialised, it is also the TaskView of http-api.md.
+/// The task aggregate; serialised, it is also the TaskView of http-api.md, whose field names
+/// (and bounds) these are. The command side stores it as the row, the projection as the view.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(missing_docs)] // the fields are TaskView's, documented in http-api.md
 pub struct Task {
-    /// Task id.
     pub id: Uuid,
-    /// Owner.
+    /// The owner: the only user who sees or changes it.
     pub user_id: Uuid,
-    /// Title, trimmed.
+    /// Trimmed, 1–255 characters.
     pub title: String,
-    /// Kind of task.
     #[serde(rename = "type")]
     pub task_type: TaskType,
-    /// Tags.
     pub tags: Vec<String>,
-    /// Estimate, minutes.
     pub estimated_minutes: i32,
-    /// 1–5.
     pub priority: i16,
-    /// 1–5.
     pub difficulty: i16,
-    /// Status.
     pub status: TaskStatus,
-    /// Optional due date.
     #[serde(with = "module_kit::dates::option")]
     pub due_date: Option<Date>,
-    /// When started.
     #[serde(with = "time::serde::rfc3339::option")]
     pub started_at: Option<OffsetDateTime>,
-    /// When completed.
     #[serde(with = "time::serde::rfc3339::option")]
     pub completed_at: Option<OffsetDateTime>,
-    /// Minutes actually spent (set on completion).
+    /// Minutes actually spent, set on completion.
     pub actual_minutes: Option<i32>,
-    /// Completion note.
+    /// The completion note.
     pub note: Option<String>,
-    /// Why it was abandoned.
     pub abandon_reason: Option<String>,
-    /// Created.
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
-    /// Last changed.
+    /// The time of the last event.
     #[serde(with = "time::serde::rfc3339")]
     pub updated_at: OffsetDateTime,
-    /// Deleted (soft); never shown in views.
+    /// Soft-deleted: kept as a row, gone from every read (404).
     #[serde(skip)]
     pub deleted: bool,
-    /// Aggregate version.
+    /// The aggregate version: the number of events so far.
     pub version: i64,
 }
 
-/// Create a task.
+/// Create a task: a `POST /v1/tasks` body once validated ([`crate::input`]), every field
+/// within its bounds.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(missing_docs)] // the fields are the body's, validated
 pub struct CreateTask {
-    /// New id.
+    /// The new task's id, chosen by the server (UUIDv7).
     pub id: Uuid,
-    /// Validated title.
     pub title: String,
-    /// Type.
     pub task_type: TaskType,
-    /// 1–1440.
     pub estimated_minutes: i32,
-    /// 1–5.
     pub priority: i16,
-    /// 1–5.
     pub difficulty: i16,
-    /// Optional due date.
     pub due_date: Option<Date>,
-    /// Validated tags.
     pub tags: Vec<String>,
 }
 
-/// Edit a task; `None` fields stay as they are.
+/// Edit a task: each `Some` field is a new value, `None` stays as it is.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[allow(missing_docs)] // the fields are [`Task`]'s
 pub struct UpdateTask {
-    /// New title.
     pub title: Option<String>,
-    /// New estimate.
     pub estimated_minutes: Option<i32>,
-    /// New priority.
     pub priority: Option<i16>,
-    /// New difficulty.
     pub difficulty: Option<i16>,
     /// `Some(None)` clears the due date.
     pub due_date: Option<Option<Date>>,
-    /// New tags.
     pub tags: Option<Vec<String>>,
 }
 
 /// A command on an existing task.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TaskCommand {
-    /// Edit.
+    /// Change fields, in any status but deleted.
     Update(UpdateTask),
     /// pending → in_progress.
     Start,
     /// in_progress → completed.
     Complete {
-        /// 0–1440.
+        /// Minutes spent, 0–1440.
         actual_minutes: i32,
-        /// Optional note.
+        /// Up to 2000 characters.
         note: Option<String>,
     },
     /// pending/in_progress → abandoned.
     Abandon {
-        /// Optional reason.
+        /// Up to 2000 characters.
         reason: Option<String>,
     },
-    /// Soft delete.
+    /// Soft delete: the task answers 404 everywhere afterwards.
     Delete,
 }
 
@@ -223,44 +204,35 @@ impl TaskCommand {
     }
 }
 
-/// `task.created`.
+/// `task.created`: the new task's fields, as on [`Task`]. A shipped payload shape never
+/// changes (a new shape is a new `schema_version` with an upcaster).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[allow(missing_docs)] // the fields are [`Task`]'s
 pub struct TaskCreated {
-    /// Owner.
     pub user_id: Uuid,
-    /// Title.
     pub title: String,
-    /// Type.
     #[serde(rename = "type")]
     pub task_type: TaskType,
-    /// Tags.
     pub tags: Vec<String>,
-    /// Estimate.
     pub estimated_minutes: i32,
-    /// Priority.
     pub priority: i16,
-    /// Difficulty.
     pub difficulty: i16,
-    /// Due date.
     #[serde(with = "module_kit::dates::option")]
     pub due_date: Option<Date>,
 }
 
-/// `task.updated`: only the fields that changed.
+/// `task.updated`: only the fields that changed, with their new values (absent: unchanged).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[allow(missing_docs)] // the fields are [`Task`]'s
 pub struct TaskUpdated {
-    /// New title.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub title: Option<String>,
-    /// New estimate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub estimated_minutes: Option<i32>,
-    /// New priority.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority: Option<i16>,
-    /// New difficulty.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub difficulty: Option<i16>,
     /// New due date; `Some(None)` (JSON `null`) cleared it.
@@ -270,7 +242,6 @@ pub struct TaskUpdated {
         with = "module_kit::dates::patch"
     )]
     pub due_date: Option<Option<Date>>,
-    /// New tags.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tags: Option<Vec<String>>,
 }
@@ -279,9 +250,9 @@ pub struct TaskUpdated {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TaskCompleted {
-    /// Minutes spent.
+    /// Minutes actually spent.
     pub actual_minutes: i32,
-    /// Note.
+    /// The completion note.
     pub note: Option<String>,
 }
 
@@ -289,7 +260,7 @@ pub struct TaskCompleted {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TaskAbandoned {
-    /// Reason.
+    /// Why, in the user's words.
     pub reason: Option<String>,
 }
 

@@ -37,23 +37,19 @@ pub struct CreateTaskBody {
 /// `PATCH /v1/tasks/{id}`: at least one field.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[allow(missing_docs)] // the fields of `POST /v1/tasks`, each optional here
 pub struct UpdateTaskBody {
-    /// New title.
     #[serde(default)]
     pub title: Patch<String>,
-    /// New estimate.
     #[serde(default)]
     pub estimated_minutes: Patch<i64>,
-    /// New priority.
     #[serde(default)]
     pub priority: Patch<i64>,
-    /// New difficulty.
     #[serde(default)]
     pub difficulty: Patch<i64>,
-    /// New due date; `null` clears it.
+    /// `null` clears the due date; only this field may be `null`.
     #[serde(default)]
     pub due_date: Patch<String>,
-    /// New tags.
     #[serde(default)]
     pub tags: Patch<Vec<String>>,
 }

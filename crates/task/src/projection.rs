@@ -21,22 +21,19 @@ use uuid::Uuid;
 use crate::SPEC;
 use crate::domain::{Task, TaskError, TaskEvent, TaskStatus, evolve};
 
-/// The per-user statistics of http-api.md, over non-deleted tasks.
+/// The per-user statistics of http-api.md (field names are the wire format), over the user's
+/// live (non-deleted) tasks.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(missing_docs)] // counts of live tasks, in total and per status
 pub struct TaskStats {
-    /// Live tasks.
     pub total_tasks: i64,
-    /// Pending.
     pub pending_tasks: i64,
-    /// In progress.
     pub in_progress_tasks: i64,
-    /// Completed.
     pub completed_tasks: i64,
-    /// Abandoned.
     pub abandoned_tasks: i64,
-    /// Sum of estimates.
+    /// The sum of their estimates.
     pub total_estimated_minutes: i64,
-    /// Sum of actual minutes of completed tasks.
+    /// The sum of the actual minutes of the completed ones.
     pub completed_minutes: i64,
 }
 
