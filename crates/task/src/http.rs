@@ -40,12 +40,18 @@ pub fn command_routes(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/v1/tasks").route(web::post().to(create)))
         .service(
             resource("/v1/tasks/{id}")
-                .route(web::patch().to(update))
+                .route(web::patch().to(with_body::<JsonBody<UpdateTaskBody>>))
                 .route(web::delete().to(delete)),
         )
         .service(resource("/v1/tasks/{id}/start").route(web::post().to(start)))
-        .service(resource("/v1/tasks/{id}/complete").route(web::post().to(complete)))
-        .service(resource("/v1/tasks/{id}/abandon").route(web::post().to(abandon)));
+        .service(
+            resource("/v1/tasks/{id}/complete")
+                .route(web::post().to(with_body::<JsonBody<CompleteTaskBody>>)),
+        )
+        .service(
+            resource("/v1/tasks/{id}/abandon")
+                .route(web::post().to(with_body::<OptionalJsonBody<AbandonTaskBody>>)),
+        );
 }
 
 /// Registers the task queries, reading through `reads`. App data:
@@ -77,39 +83,68 @@ async fn create(
         .await
 }
 
-async fn run_on(
+/// What a command on an existing task carries: its command, validated, and the raw body
+/// (part of the `Idempotency-Key` fingerprint; empty for body-less commands).
+trait CommandBody {
+    fn into_command(self) -> Result<(TaskCommand, web::Bytes), TaskError>;
+}
+
+impl CommandBody for JsonBody<UpdateTaskBody> {
+    fn into_command(self) -> Result<(TaskCommand, web::Bytes), TaskError> {
+        Ok((self.value.validate()?, self.raw))
+    }
+}
+
+impl CommandBody for JsonBody<CompleteTaskBody> {
+    fn into_command(self) -> Result<(TaskCommand, web::Bytes), TaskError> {
+        Ok((self.value.validate()?, self.raw))
+    }
+}
+
+impl CommandBody for OptionalJsonBody<AbandonTaskBody> {
+    fn into_command(self) -> Result<(TaskCommand, web::Bytes), TaskError> {
+        Ok((self.0.value.validate()?, self.0.raw))
+    }
+}
+
+impl CommandBody for TaskCommand {
+    fn into_command(self) -> Result<(TaskCommand, web::Bytes), TaskError> {
+        Ok((self, web::Bytes::new()))
+    }
+}
+
+/// Runs a command on task `id`. The id is checked first (400 naming `id`), then the body's
+/// command (400 naming its field), then `If-Match`; the rest happens in the transaction.
+#[tracing::instrument(skip_all, fields(user_id = %user.0, task_id = %id))]
+async fn on_task(
     req: &HttpRequest,
     user: AuthUser,
     meta: &CommandMeta,
     runner: &CommandRunner,
     id: &str,
-    raw: &[u8],
-    cmd: TaskCommand,
+    body: impl CommandBody,
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_uuid(id, "id")?;
+    let (cmd, raw) = body.into_command()?;
     let expected = if_match(req)?;
     runner
-        .run(meta, user.0, raw, async |tx, ctx| {
+        .run(meta, user.0, &raw, async |tx, ctx| {
             store::execute(tx, ctx, id, expected, &cmd).await
         })
         .await
 }
 
-#[tracing::instrument(skip_all, fields(user_id = %user.0, task_id = %id))]
-async fn update(
+async fn with_body<B: CommandBody + actix_web::FromRequest>(
     req: HttpRequest,
     user: AuthUser,
     meta: CommandMeta,
     runner: web::Data<CommandRunner>,
     id: web::Path<String>,
-    body: JsonBody<UpdateTaskBody>,
+    body: B,
 ) -> Result<HttpResponse, ApiError> {
-    let id = parse_uuid(&id, "id")?.to_string();
-    let cmd = body.value.validate()?;
-    run_on(&req, user, &meta, &runner, &id, &body.raw, cmd).await
+    on_task(&req, user, &meta, &runner, &id, body).await
 }
 
-#[tracing::instrument(skip_all, fields(user_id = %user.0, task_id = %id))]
 async fn start(
     req: HttpRequest,
     user: AuthUser,
@@ -117,38 +152,9 @@ async fn start(
     runner: web::Data<CommandRunner>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    run_on(&req, user, &meta, &runner, &id, b"", TaskCommand::Start).await
+    on_task(&req, user, &meta, &runner, &id, TaskCommand::Start).await
 }
 
-#[tracing::instrument(skip_all, fields(user_id = %user.0, task_id = %id))]
-async fn complete(
-    req: HttpRequest,
-    user: AuthUser,
-    meta: CommandMeta,
-    runner: web::Data<CommandRunner>,
-    id: web::Path<String>,
-    body: JsonBody<CompleteTaskBody>,
-) -> Result<HttpResponse, ApiError> {
-    let id = parse_uuid(&id, "id")?.to_string();
-    let cmd = body.value.validate()?;
-    run_on(&req, user, &meta, &runner, &id, &body.raw, cmd).await
-}
-
-#[tracing::instrument(skip_all, fields(user_id = %user.0, task_id = %id))]
-async fn abandon(
-    req: HttpRequest,
-    user: AuthUser,
-    meta: CommandMeta,
-    runner: web::Data<CommandRunner>,
-    id: web::Path<String>,
-    body: OptionalJsonBody<AbandonTaskBody>,
-) -> Result<HttpResponse, ApiError> {
-    let id = parse_uuid(&id, "id")?.to_string();
-    let cmd = body.0.value.validate()?;
-    run_on(&req, user, &meta, &runner, &id, &body.0.raw, cmd).await
-}
-
-#[tracing::instrument(skip_all, fields(user_id = %user.0, task_id = %id))]
 async fn delete(
     req: HttpRequest,
     user: AuthUser,
@@ -156,7 +162,7 @@ async fn delete(
     runner: web::Data<CommandRunner>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    run_on(&req, user, &meta, &runner, &id, b"", TaskCommand::Delete).await
+    on_task(&req, user, &meta, &runner, &id, TaskCommand::Delete).await
 }
 
 /// The read side of a query route.
