@@ -33,7 +33,7 @@ use projection::{PlanOutcome, ViewState};
 use streams::apply::{ApplyItem, ApplyOutcome};
 use streams::keys::INITIAL_GENERATION;
 use streams::publisher::{self, StreamEntry};
-use streams::{RedisPools, RedisSettings, consumer, redis};
+use streams::{GenerationState, Generations, RedisPools, RedisSettings, Target, consumer, redis};
 use test_kit::process::{Process, cpu_by_command, cpu_time, find_binary, free_port, wait_ready};
 use uuid::Uuid;
 
@@ -294,6 +294,12 @@ async fn apply_limit(
         prefix.to_owned(),
     ))?;
     let keys = pools.keys.read_model(module.spec.name, INITIAL_GENERATION);
+    let generations = Generations::new(
+        &pools.keys,
+        module.spec.name,
+        module.spec.projection,
+        GenerationState::default(),
+    );
     let group = module.spec.consumer_group;
     let refs: Vec<&EventEnvelope> = events.iter().collect();
     let plans = projection::plan(
@@ -330,19 +336,28 @@ async fn apply_limit(
             .arg("limit")
             .query_async(&mut *conn)
             .await?;
+        // A served generation, whole, as the projector's applies expect it.
+        generations.activate(&mut *conn, INITIAL_GENERATION).await?;
+        streams::read_model::mark_built(&mut *conn, &keys, "{}").await?;
     }
+    let guard = generations.guard();
     let mut lanes: Vec<Vec<ApplyItem>> = vec![Vec::new(); 4];
     for ((event, plan), (_, entry)) in events.iter().zip(plans).zip(entries) {
         let PlanOutcome::Apply(ops) = plan else {
             bail!("the projection refused {}: {plan:?}", event.event_type);
         };
+        // The very item the projector sends: guarded, fenced, the marker checked.
         lanes[(event.aggregate_id.as_u128() % 4) as usize].push(ApplyItem {
-            versions_key: keys.versions(),
             aggregate_id: event.aggregate_id,
             version: event.aggregate_version,
-            ops,
+            targets: vec![Target {
+                versions_key: keys.versions(),
+                marker: Some(keys.marker()),
+                ops,
+            }],
             ack: Some((stream.clone(), group.to_owned(), entry)),
             fence: Some((lease.clone(), "limit".to_owned())),
+            guard: Some(guard.clone()),
         });
     }
     let started = Instant::now();
@@ -441,13 +456,18 @@ async fn drain(
         redis: bench::redis_cpu(&pools).await? - redis_cpu,
     };
     drop(procs);
+    let served = Generations::new(
+        &pools.keys,
+        module.spec.name,
+        module.spec.projection,
+        GenerationState::default(),
+    );
+    served.refresh(&mut *conn).await?;
+    let model = served
+        .active_keys()
+        .context("the projector built no read model")?;
     let versions: HashMap<String, i64> = redis::cmd("HGETALL")
-        .arg(
-            pools
-                .keys
-                .read_model(module.spec.name, INITIAL_GENERATION)
-                .versions(),
-        )
+        .arg(model.versions())
         .query_async(&mut *conn)
         .await?;
     let mut last: HashMap<String, i64> = HashMap::new();

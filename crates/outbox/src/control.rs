@@ -1,4 +1,5 @@
-//! Projection control rows: the desired state operators set, and the heartbeats workers report.
+//! Projection control rows: the desired state operators set, the active generation and the
+//! canary projectors record, and the heartbeats workers report.
 
 use deadpool_postgres::Pool;
 use time::OffsetDateTime;
@@ -47,12 +48,39 @@ pub struct Heartbeat {
     pub events_applied: i64,
     /// The last event it applied.
     pub last_event_id: Option<Uuid>,
-    /// When.
+    /// When it applied that event.
     pub last_applied_at: Option<OffsetDateTime>,
     /// The last error it met, if any.
     pub last_error: Option<String>,
     /// When it reported (set by the database on write).
     pub heartbeat_at: Option<OffsetDateTime>,
+    /// The process that wrote it (random per start): two live processes under one worker
+    /// name show as two instances taking turns at the row.
+    pub instance: Option<String>,
+}
+
+/// A worker's last report, as [`ControlStore::worker_heartbeat`] reads it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerReport {
+    /// The process that wrote it.
+    pub instance: Option<String>,
+    /// Its status then.
+    pub status: String,
+    /// When it was written.
+    pub written_at: OffsetDateTime,
+    /// How long ago, by the database's clock.
+    pub age: std::time::Duration,
+}
+
+/// The canary of a projection: an epoch bumped in Redis and in PostgreSQL together (Redis
+/// first), and when. Redis answering an older epoch than PostgreSQL means Redis went back in
+/// time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Canary {
+    /// The epoch.
+    pub epoch: i64,
+    /// When it was recorded here (PostgreSQL's clock).
+    pub at: Option<OffsetDateTime>,
 }
 
 /// Access to the `projections` and `projection_workers` tables.
@@ -84,6 +112,85 @@ impl ControlStore {
                 &[&names],
             )
             .await?)
+    }
+
+    /// The active generation recorded for `projection` (the mirror of the pointer in Redis;
+    /// 1, the initial generation, for a projection never rebuilt).
+    ///
+    /// # Errors
+    /// [`OutboxError`] when PostgreSQL fails.
+    pub async fn generation(&self, projection: &str) -> Result<i64, OutboxError> {
+        let client = self.pool.get().await?;
+        Ok(client
+            .query_opt(
+                "SELECT generation FROM projections WHERE name = $1",
+                &[&projection],
+            )
+            .await?
+            .map_or(1, |r| r.get(0)))
+    }
+
+    /// Records `generation` as `projection`'s active one (after a switch in Redis).
+    ///
+    /// # Errors
+    /// [`OutboxError`] when PostgreSQL fails.
+    pub async fn set_generation(
+        &self,
+        projection: &str,
+        generation: i64,
+    ) -> Result<(), OutboxError> {
+        let client = self.pool.get().await?;
+        client
+            .execute(
+                "UPDATE projections SET generation = $2, updated_at = now()
+                 WHERE name = $1 AND generation <> $2",
+                &[&projection, &generation],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// `projection`'s canary as recorded here.
+    ///
+    /// # Errors
+    /// [`OutboxError`] when PostgreSQL fails.
+    pub async fn canary(&self, projection: &str) -> Result<Canary, OutboxError> {
+        let client = self.pool.get().await?;
+        Ok(client
+            .query_opt(
+                "SELECT canary_epoch, canary_at FROM projections WHERE name = $1",
+                &[&projection],
+            )
+            .await?
+            .map_or(Canary { epoch: 0, at: None }, |r| Canary {
+                epoch: r.get(0),
+                at: r.get(1),
+            }))
+    }
+
+    /// Moves the canary from `from` to `to` (now), unless another replica moved it first.
+    /// Returns the new canary when this call moved it.
+    ///
+    /// # Errors
+    /// [`OutboxError`] when PostgreSQL fails.
+    pub async fn advance_canary(
+        &self,
+        projection: &str,
+        from: i64,
+        to: i64,
+    ) -> Result<Option<Canary>, OutboxError> {
+        let client = self.pool.get().await?;
+        Ok(client
+            .query_opt(
+                "UPDATE projections SET canary_epoch = $3, canary_at = now()
+                 WHERE name = $1 AND canary_epoch = $2 RETURNING canary_epoch, canary_at",
+                &[&projection, &from, &to],
+            )
+            .await?
+            .map(|r| Canary {
+                epoch: r.get(0),
+                at: r.get(1),
+            }))
     }
 
     /// The desired state of `projection` (running when it has no row).
@@ -133,14 +240,16 @@ impl ControlStore {
         let stmt = client
             .prepare_cached(
                 "INSERT INTO projection_workers (projection, worker, status, partitions, events_applied,
-                                                 last_event_id, last_applied_at, last_error, heartbeat_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now())
+                                                 last_event_id, last_applied_at, last_error, heartbeat_at,
+                                                 instance)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now(), $9)
                  ON CONFLICT (projection, worker) DO UPDATE SET
                      status = EXCLUDED.status, partitions = EXCLUDED.partitions,
                      events_applied = EXCLUDED.events_applied,
                      last_event_id = coalesce(EXCLUDED.last_event_id, projection_workers.last_event_id),
                      last_applied_at = coalesce(EXCLUDED.last_applied_at, projection_workers.last_applied_at),
-                     last_error = EXCLUDED.last_error, heartbeat_at = now()",
+                     last_error = EXCLUDED.last_error, heartbeat_at = now(),
+                     instance = EXCLUDED.instance",
             )
             .await?;
         client
@@ -155,10 +264,37 @@ impl ControlStore {
                     &h.last_event_id,
                     &h.last_applied_at,
                     &h.last_error,
+                    &h.instance,
                 ],
             )
             .await?;
         Ok(())
+    }
+
+    /// The last report of `worker` on `projection`, with its age by the database's clock.
+    ///
+    /// # Errors
+    /// [`OutboxError`] when PostgreSQL fails.
+    pub async fn worker_heartbeat(
+        &self,
+        projection: &str,
+        worker: &str,
+    ) -> Result<Option<WorkerReport>, OutboxError> {
+        let client = self.pool.get().await?;
+        Ok(client
+            .query_opt(
+                "SELECT instance, status, heartbeat_at,
+                        greatest(extract(epoch FROM now() - heartbeat_at), 0)::float8
+                 FROM projection_workers WHERE projection = $1 AND worker = $2",
+                &[&projection, &worker],
+            )
+            .await?
+            .map(|r| WorkerReport {
+                instance: r.get(0),
+                status: r.get(1),
+                written_at: r.get(2),
+                age: std::time::Duration::from_secs_f64(r.get::<_, f64>(3)),
+            }))
     }
 
     /// The heartbeats of `projection`'s workers, freshest first.
@@ -170,7 +306,7 @@ impl ControlStore {
         let rows = client
             .query(
                 "SELECT projection, worker, status, partitions, events_applied, last_event_id,
-                        last_applied_at, last_error, heartbeat_at
+                        last_applied_at, last_error, heartbeat_at, instance
                  FROM projection_workers WHERE projection = $1 ORDER BY heartbeat_at DESC",
                 &[&projection],
             )
@@ -187,6 +323,7 @@ impl ControlStore {
                 last_applied_at: r.get(6),
                 last_error: r.get(7),
                 heartbeat_at: r.get(8),
+                instance: r.get(9),
             })
             .collect())
     }

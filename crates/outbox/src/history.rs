@@ -10,7 +10,9 @@
 
 use deadpool_postgres::{Client, Transaction};
 use events::{EventEnvelope, EventMetadata};
-use tokio_postgres::IsolationLevel;
+use time::OffsetDateTime;
+use tokio_postgres::{GenericClient, IsolationLevel, Row};
+use uuid::Uuid;
 
 use crate::OutboxError;
 
@@ -51,35 +53,110 @@ pub async fn page(
     let rows = snapshot
         .query(&statement, &[&aggregate_types, &after, &limit])
         .await?;
-    Ok(rows
-        .iter()
-        .map(|r| {
-            let metadata: serde_json::Value = r.get(9);
-            (
-                r.get(0),
-                EventEnvelope {
-                    event_id: r.get(1),
-                    event_type: r.get(2),
-                    schema_version: r.get(3),
-                    aggregate_type: r.get(4),
-                    aggregate_id: r.get(5),
-                    aggregate_version: r.get(6),
-                    occurred_at: r.get(7),
-                    payload: r.get(8),
-                    // Metadata is for people (logs, tracing), not for projections: an unreadable
-                    // one must not stop a rebuild, so it becomes "unknown" and is logged.
-                    metadata: serde_json::from_value(metadata).unwrap_or_else(|e| {
-                        tracing::warn!(position = r.get::<_, i64>(0), error = %e,
-                            "event_store row with unreadable metadata; replayed without it");
-                        EventMetadata {
-                            user_id: None,
-                            correlation_id: None,
-                            causation_id: None,
-                            source: "unknown".into(),
-                        }
-                    }),
-                },
-            )
-        })
-        .collect())
+    Ok(rows.iter().map(|r| (r.get(0), envelope(r))).collect())
+}
+
+/// How many events of `aggregate_types` lie after `position` `after` in `snapshot`: a
+/// replay's total, for its progress.
+///
+/// # Errors
+/// [`OutboxError`] when PostgreSQL fails.
+pub async fn count_after(
+    snapshot: &Transaction<'_>,
+    aggregate_types: &[String],
+    after: i64,
+) -> Result<i64, OutboxError> {
+    Ok(snapshot
+        .query_one(
+            "SELECT count(*) FROM event_store WHERE aggregate_type = ANY($1) AND position > $2",
+            &[&aggregate_types, &after],
+        )
+        .await?
+        .get(0))
+}
+
+/// The position before the first event recorded at or after `since` (0 when there is none
+/// before it): where a replay of what happened since then starts.
+///
+/// # Errors
+/// [`OutboxError`] when PostgreSQL fails.
+pub async fn position_before(
+    client: &impl GenericClient,
+    since: OffsetDateTime,
+) -> Result<i64, OutboxError> {
+    Ok(client
+        .query_one(
+            "SELECT coalesce(min(position) - 1, (SELECT coalesce(max(position), 0) FROM event_store))
+             FROM event_store WHERE recorded_at >= $1",
+            &[&since],
+        )
+        .await?
+        .get(0))
+}
+
+/// A version range of one aggregate: the events `from..=to`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VersionRange {
+    /// The aggregate.
+    pub aggregate_id: Uuid,
+    /// First version wanted.
+    pub from: i64,
+    /// Last version wanted.
+    pub to: i64,
+}
+
+/// The events of `ranges` (one statement, however many aggregates), each aggregate's in
+/// version order. Used to repair the versions a read model missed.
+///
+/// # Errors
+/// [`OutboxError`] when PostgreSQL fails or a row does not decode.
+pub async fn versions(
+    client: &impl GenericClient,
+    ranges: &[VersionRange],
+) -> Result<Vec<EventEnvelope>, OutboxError> {
+    if ranges.is_empty() {
+        return Ok(vec![]);
+    }
+    let ids: Vec<Uuid> = ranges.iter().map(|r| r.aggregate_id).collect();
+    let from: Vec<i64> = ranges.iter().map(|r| r.from).collect();
+    let to: Vec<i64> = ranges.iter().map(|r| r.to).collect();
+    let rows = client
+        .query(
+            "SELECT e.position, e.event_id, e.event_type, e.schema_version, e.aggregate_type,
+                    e.aggregate_id, e.aggregate_version, e.occurred_at, e.payload, e.metadata
+             FROM unnest($1::uuid[], $2::bigint[], $3::bigint[]) AS r(id, lo, hi)
+             JOIN event_store e
+               ON e.aggregate_id = r.id AND e.aggregate_version BETWEEN r.lo AND r.hi
+             ORDER BY e.aggregate_id, e.aggregate_version",
+            &[&ids, &from, &to],
+        )
+        .await?;
+    Ok(rows.iter().map(envelope).collect())
+}
+
+/// The envelope of a row selected as [`page`] selects it.
+fn envelope(r: &Row) -> EventEnvelope {
+    let metadata: serde_json::Value = r.get(9);
+    EventEnvelope {
+        event_id: r.get(1),
+        event_type: r.get(2),
+        schema_version: r.get(3),
+        aggregate_type: r.get(4),
+        aggregate_id: r.get(5),
+        aggregate_version: r.get(6),
+        occurred_at: r.get(7),
+        payload: r.get(8),
+        // Metadata is for people (logs, tracing), not for projections: an unreadable one must
+        // not stop a rebuild, so it becomes "unknown" and is logged.
+        metadata: serde_json::from_value(metadata).unwrap_or_else(|e| {
+            tracing::warn!(position = r.get::<_, i64>(0), error = %e,
+                "event_store row with unreadable metadata; replayed without it");
+            EventMetadata {
+                user_id: None,
+                correlation_id: None,
+                causation_id: None,
+                source: "unknown".into(),
+            }
+        }),
+    }
 }

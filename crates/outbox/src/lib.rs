@@ -20,6 +20,7 @@ pub mod idempotency;
 pub mod lease;
 pub mod listener;
 pub mod migrate;
+pub mod operations;
 pub mod pool;
 pub mod relay;
 

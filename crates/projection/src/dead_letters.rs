@@ -10,12 +10,12 @@ use std::sync::Arc;
 
 use events::EventEnvelope;
 use streams::dlq::{self, DeadLetter, DeadLetterKeys};
-use streams::{ActiveGeneration, ApplyItem, ApplyOutcome, RedisPools, StreamError};
+use streams::{ApplyItem, ApplyOutcome, GenerationState, Generations, RedisPools, StreamError};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::plan::{PlanOutcome, Projection, plan};
-use crate::runtime::load;
+use crate::plan::Projection;
+use crate::runtime::{Step, Targets, Unsent, apply_targets, load, plan_targets};
 
 /// Why a dead-letter operation could not be done.
 #[derive(Debug, thiserror::Error)]
@@ -73,7 +73,7 @@ pub struct Redriven {
 pub struct DeadLetters {
     redis: RedisPools,
     projection: Arc<dyn Projection>,
-    generation: ActiveGeneration,
+    generations: Generations,
     dlq: DeadLetterKeys,
 }
 
@@ -86,17 +86,22 @@ impl std::fmt::Debug for DeadLetters {
 }
 
 impl DeadLetters {
-    /// Operations on `projection`'s dead letters, re-driving into its active generation
-    /// (resolved before each re-drive).
+    /// Operations on `projection`'s dead letters, re-driving into the generations live
+    /// applies write (resolved before each re-drive).
     #[must_use]
     pub fn new(redis: RedisPools, projection: Arc<dyn Projection>) -> Self {
         let module = projection.module();
-        let generation = ActiveGeneration::new(&redis.keys, module.name, module.projection);
+        let generations = Generations::new(
+            &redis.keys,
+            module.name,
+            module.projection,
+            GenerationState::default(),
+        );
         let dlq = DeadLetterKeys::new(&redis.keys, module.projection);
         Self {
             redis,
             projection,
-            generation,
+            generations,
             dlq,
         }
     }
@@ -207,15 +212,17 @@ impl DeadLetters {
         match entry.aggregate_id() {
             None => dlq::remove(&mut conn, &self.dlq, id, None).await?,
             Some(aggregate) => {
-                let model = self.active_model(&mut conn).await?;
+                let targets = self.targets(&mut conn).await?;
                 if let Ok(event) = EventEnvelope::from_json(entry.field("event").as_bytes()) {
-                    dlq::skip_version(
-                        &mut conn,
-                        &model.versions(),
-                        aggregate,
-                        event.aggregate_version,
-                    )
-                    .await?;
+                    for t in targets.iter().flat_map(|t| &t.list) {
+                        dlq::skip_version(
+                            &mut conn,
+                            &t.keys.versions(),
+                            aggregate,
+                            event.aggregate_version,
+                        )
+                        .await?;
+                    }
                 }
                 dlq::remove(&mut conn, &self.dlq, id, Some(aggregate)).await?;
                 drop(conn);
@@ -281,49 +288,42 @@ impl DeadLetters {
             reason,
         };
 
-        let model = {
+        let Some(targets) = ({
             let mut conn = self.redis.commands.get().await?;
-            self.active_model(&mut conn).await?
+            self.targets(&mut conn).await?
+        }) else {
+            return Err(failed("the projection has no read model yet".into()));
         };
         // No marker required: the version guard alone keeps a re-drive onto a model being
         // rebuilt correct.
+        let models: Vec<_> = targets.list.iter().map(|t| &t.keys).collect();
         let loaded = load(
             &self.redis,
             self.projection.as_ref(),
-            &model,
+            &models,
             &[event],
             None,
-            false,
+            None,
         )
         .await?
         .unwrap_or_default();
-        let (versions, mut view) = (loaded.versions, loaded.view);
-        let outcome = plan(
-            self.projection.as_ref(),
-            &model,
-            &[event],
-            &versions,
-            &mut view,
-        )
-        .remove(0);
-        let ops = match outcome {
-            PlanOutcome::Apply(ops) => ops,
-            PlanOutcome::Duplicate => vec![],
-            PlanOutcome::Gap { expected } => {
-                return Err(failed(format!(
-                    "version {} but {expected} is next",
-                    event.aggregate_version
-                )));
+        let (mut steps, _) = plan_targets(self.projection.as_ref(), &targets, &[event], loaded);
+        let ops = match steps.remove(0) {
+            Step::Send(ops) => ops,
+            Step::Hold(Unsent::Failure(f)) => {
+                return Err(failed(f.reason(event.aggregate_version)));
             }
-            PlanOutcome::Failed(e) => return Err(failed(e.to_string())),
+            Step::Hold(other) => return Err(failed(format!("{other:?}"))),
         };
         let item = ApplyItem {
-            versions_key: model.versions(),
-            aggregate_id: event.aggregate_id,
-            version: event.aggregate_version,
-            ops,
-            ack: None,
-            fence: None,
+            guard: Some(targets.guard.clone()),
+            targets: apply_targets(&targets, ops),
+            ..ApplyItem::new(
+                String::new(),
+                event.aggregate_id,
+                event.aggregate_version,
+                vec![],
+            )
         };
         let mut conn = self.redis.commands.get().await?;
         // Readers waiting for this write (a consistency token) wake as for any apply.
@@ -339,13 +339,13 @@ impl DeadLetters {
         Ok(())
     }
 
-    /// The keys of the active generation, resolved now.
-    async fn active_model(
+    /// The generations a re-drive writes, resolved now.
+    async fn targets(
         &self,
         conn: &mut streams::deadpool_redis::Connection,
-    ) -> Result<streams::ReadModelKeys, StreamError> {
-        self.generation.refresh(conn).await?;
-        Ok(self.generation.keys())
+    ) -> Result<Option<Targets>, StreamError> {
+        let state = self.generations.refresh(conn).await?;
+        Ok(Targets::live(&self.generations, state, false))
     }
 
     /// The parked aggregates and their head event ids.

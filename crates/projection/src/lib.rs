@@ -14,5 +14,6 @@ pub mod runtime;
 
 pub use plan::{PlanOutcome, Projection, ProjectionError, ViewState, plan};
 pub use runtime::{
-    BatchReport, Projector, ProjectorSettings, ReplayError, ReplayReport, Rounds, Status,
+    BatchReport, CanaryCheck, DuplicateReplica, Projector, ProjectorSettings, RebuildOutcome,
+    ReplayError, ReplayReport, Rounds, Status,
 };

@@ -19,3 +19,10 @@ pub const RETRY_ATTEMPTS_TOTAL: &str = "cqrs_retry_attempts_total";
 pub const DLQ_MESSAGES_TOTAL: &str = "cqrs_dlq_messages_total";
 /// Partitions whose lease this replica holds: `projection`.
 pub const PARTITIONS_HELD: &str = "cqrs_projector_partitions_held";
+/// Events a read model missed (lost between PostgreSQL and Redis), read back from
+/// `event_store` and applied: `projection`.
+pub const GAP_REPAIRS_TOTAL: &str = "cqrs_gap_repairs_total";
+/// Rebuilds finished (a new generation switched in): `projection`, `reason`.
+pub const REBUILDS_TOTAL: &str = "cqrs_rebuilds_total";
+/// Times Redis was found to have gone back in time (the canary): `projection`.
+pub const REDIS_ROLLBACKS_TOTAL: &str = "cqrs_redis_rollbacks_total";

@@ -109,11 +109,19 @@ pub enum PlanOutcome {
     Apply(Vec<Op>),
     /// Already applied: acknowledge without changing anything.
     Duplicate,
-    /// Ahead of the next expected version: leave pending until the predecessor lands.
+    /// Ahead of the next expected version, with no earlier event of the batch to explain it:
+    /// the versions `expected..version` are missing here (not delivered yet, or lost; the
+    /// runtime repairs them from `event_store`).
     Gap {
         /// The version expected next.
         expected: i64,
     },
+    /// Behind an earlier event of its aggregate in this batch that did not apply: waits for it.
+    Blocked,
+    /// The read model contradicts its own version record for this aggregate (a view missing
+    /// although versions were applied, or present although none was): the read model, not
+    /// the event, is wrong, and only a rebuild mends it.
+    Inconsistent(String),
     /// The projection refused it.
     Failed(ProjectionError),
 }
@@ -122,8 +130,12 @@ pub enum PlanOutcome {
 /// same instant. Events of one aggregate are chained: the second sees the first's change, so a
 /// whole batch can be applied in one round trip.
 ///
-/// An event that fails leaves its aggregate's later events of the batch as [`PlanOutcome::Gap`],
-/// so nothing is applied out of order.
+/// An event that fails leaves its aggregate's later events of the batch
+/// [`PlanOutcome::Blocked`], so nothing is applied out of order. A projection's
+/// [`ProjectionError::MissingState`] is [`PlanOutcome::Inconsistent`] when the version record
+/// says the state should be there (a version was applied, or the event is the first and yet
+/// state exists); otherwise the event itself is wrong (say, the first event of an aggregate is
+/// not a creation) and it is [`PlanOutcome::Failed`].
 pub fn plan(
     projection: &dyn Projection,
     keys: &ReadModelKeys,
@@ -132,6 +144,7 @@ pub fn plan(
     state: &mut ViewState,
 ) -> Vec<PlanOutcome> {
     let mut next: HashMap<Uuid, i64> = HashMap::new();
+    let mut failed: std::collections::HashSet<Uuid> = std::collections::HashSet::new();
     events
         .iter()
         .map(|event| {
@@ -140,6 +153,9 @@ pub fn plan(
                 .or_insert_with(|| versions.get(&event.aggregate_id).copied().unwrap_or(0) + 1);
             if event.aggregate_version < expected {
                 return PlanOutcome::Duplicate;
+            }
+            if failed.contains(&event.aggregate_id) {
+                return PlanOutcome::Blocked;
             }
             if event.aggregate_version > expected {
                 return PlanOutcome::Gap { expected };
@@ -150,7 +166,21 @@ pub fn plan(
                     next.insert(event.aggregate_id, expected + 1);
                     PlanOutcome::Apply(ops)
                 }
-                Err(e) => PlanOutcome::Failed(e),
+                Err(e) => {
+                    failed.insert(event.aggregate_id);
+                    match e {
+                        ProjectionError::MissingState(reason)
+                            if expected > 1
+                                || projection
+                                    .reads(event, keys)
+                                    .iter()
+                                    .any(|k| state.get(k).is_some()) =>
+                        {
+                            PlanOutcome::Inconsistent(reason)
+                        }
+                        e => PlanOutcome::Failed(e),
+                    }
+                }
             }
         })
         .collect()
@@ -293,6 +323,66 @@ mod tests {
             PlanOutcome::Failed(ProjectionError::MalformedPayload(_))
         ));
         assert_eq!(set_value(&out[1]), Some("1"));
-        assert_eq!(out[2], PlanOutcome::Gap { expected: 1 });
+        assert_eq!(out[2], PlanOutcome::Blocked);
+    }
+
+    /// `task.missing` needs the counter to exist already.
+    struct NeedsState;
+
+    impl Projection for NeedsState {
+        fn module(&self) -> &'static ModuleSpec {
+            &TASK
+        }
+        fn reads(&self, e: &EventEnvelope, keys: &ReadModelKeys) -> Vec<String> {
+            Counter.reads(e, keys)
+        }
+        fn apply(
+            &self,
+            e: &EventEnvelope,
+            s: &ViewState,
+            keys: &ReadModelKeys,
+        ) -> Result<Vec<Op>, ProjectionError> {
+            let key = &Counter.reads(e, keys)[0];
+            match (e.event_type.as_str(), s.get(key)) {
+                ("task.create", None) | ("task.x", Some(_)) => Counter.apply(e, s, keys),
+                _ => Err(ProjectionError::MissingState("no counter".into())),
+            }
+        }
+    }
+
+    #[test]
+    fn missing_state_the_version_record_promises_is_an_inconsistency_not_poison() {
+        let keys = KeySpace::new("").read_model("task", 1);
+        let (a, b, c) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+        let key = |id: Uuid| keys.key(&format!("count:{id}"));
+        // a: version 2 applied but its counter is gone; b: nothing applied but a counter is
+        // there; c: its first event is not a creation (the event is wrong, not the model).
+        let versions = HashMap::from([(a, 2)]);
+        let mut state = ViewState::from_pairs([(key(b), Some("7".into()))]);
+        let evs = [
+            event(a, 3, "task.x"),
+            event(b, 1, "task.create"),
+            event(c, 1, "task.x"),
+        ];
+        let refs: Vec<_> = evs.iter().collect();
+        let out = plan(&NeedsState, &keys, &refs, &versions, &mut state);
+        assert!(
+            matches!(out[0], PlanOutcome::Inconsistent(_)),
+            "{:?}",
+            out[0]
+        );
+        assert!(
+            matches!(out[1], PlanOutcome::Inconsistent(_)),
+            "{:?}",
+            out[1]
+        );
+        assert!(
+            matches!(
+                out[2],
+                PlanOutcome::Failed(ProjectionError::MissingState(_))
+            ),
+            "{:?}",
+            out[2]
+        );
     }
 }

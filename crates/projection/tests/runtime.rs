@@ -106,7 +106,7 @@ impl Fixture {
         let broken = Arc::new(AtomicBool::new(true));
         let projector = Arc::new(Projector::new(
             redis.pools.clone(),
-            pg,
+            pg.clone(),
             Arc::new(Logging {
                 broken: broken.clone(),
             }),
@@ -114,6 +114,18 @@ impl Fixture {
         ));
         projector.ensure_groups().await.expect("groups");
         projector.tick_leases().await.expect("leases");
+        if pg.is_none() {
+            // Nothing builds a read model without a database: generation 1 is served from the
+            // start, as a built one would be (re-drives resolve it like any writer).
+            let generations = streams::Generations::new(
+                &redis.pools.keys,
+                "task",
+                "task_projection",
+                streams::GenerationState::default(),
+            );
+            let mut c = redis.pools.commands.get().await.expect("conn");
+            generations.activate(&mut c, 1).await.expect("activate");
+        }
         Self {
             redis,
             broken,

@@ -1,6 +1,13 @@
 //! The read side as query routes see it: one [`ReadSide`] per module, reading the active
 //! generation of the module's read model, waiting for consistency tokens, and answering with
-//! the freshness header, in as few round trips as the answer allows.
+//! the freshness header, in as few round trips as the answer allows. While a module has no
+//! usable generation (a first start, or Redis lost its read model) its reads answer 503 with
+//! `Retry-After`: never a 404 for what exists, never zeros for what is counted.
+
+/// The module's read model is being built from nothing: there is no answer to give yet.
+#[derive(Debug, thiserror::Error)]
+#[error("the {0} read model is being rebuilt; try again shortly")]
+pub struct NoReadModel(pub &'static str);
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -10,7 +17,7 @@ use actix_web::HttpResponse;
 use events::ModuleSpec;
 use streams::redis::{self, Value};
 use streams::visibility::AppliedWatch;
-use streams::{ActiveGeneration, ReadModelKeys, RedisPools, StreamError};
+use streams::{GenerationState, Generations, ReadModelKeys, RedisPools, StreamError};
 
 use crate::consistency::{ConsistencyWait, Freshness, mark};
 use crate::http::ApiError;
@@ -29,7 +36,7 @@ pub struct ReadSide {
     module: &'static ModuleSpec,
     /// Every hosted module's active generation: a consistency token may name another module
     /// than the one read (a client sends its last token along with any query).
-    generations: Arc<BTreeMap<&'static str, ActiveGeneration>>,
+    generations: Arc<BTreeMap<&'static str, Generations>>,
 }
 
 impl std::fmt::Debug for ReadSide {
@@ -45,7 +52,7 @@ impl std::fmt::Debug for ReadSide {
 pub struct ReadSides {
     pools: RedisPools,
     watch: AppliedWatch,
-    generations: Arc<BTreeMap<&'static str, ActiveGeneration>>,
+    generations: Arc<BTreeMap<&'static str, Generations>>,
 }
 
 impl std::fmt::Debug for ReadSides {
@@ -65,7 +72,12 @@ impl ReadSides {
             .map(|m| {
                 (
                     m.name,
-                    ActiveGeneration::new(&pools.keys, m.name, m.projection),
+                    Generations::new(
+                        &pools.keys,
+                        m.name,
+                        m.projection,
+                        GenerationState::default(),
+                    ),
                 )
             })
             .collect();
@@ -127,7 +139,7 @@ impl ReadSide {
         self.module
     }
 
-    fn generation(&self, module: &str) -> Option<&ActiveGeneration> {
+    fn generation(&self, module: &str) -> Option<&Generations> {
         self.generations.get(module)
     }
 
@@ -177,13 +189,32 @@ impl ReadSide {
         };
         let mut announced = register();
         loop {
-            let keys = own.keys();
+            let Some(keys) = own.active_keys() else {
+                // Nothing served as far as this process knows: ask Redis once more (a build
+                // may have finished), and answer 503 if there is still nothing.
+                let mut conn = self.pools.commands.get().await.map_err(StreamError::from)?;
+                let reply = own
+                    .read_active_cmd()
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(StreamError::from)?;
+                own.observe_active(reply)?;
+                if own.active_keys().is_none() || switches >= MAX_SWITCHES {
+                    return Err(ApiError::Unavailable(Box::new(NoReadModel(
+                        self.module.name,
+                    ))));
+                }
+                switches += 1;
+                continue;
+            };
             let mut pipe = redis::pipe();
-            pipe.add_command(own.read_cmd());
+            pipe.add_command(own.read_active_cmd());
             if let Some((t, g)) = awaited {
-                pipe.add_command(g.read_cmd());
+                pipe.add_command(g.read_active_cmd());
+                // A module with nothing served has applied nothing: the wait runs out.
+                let versions = g.active_keys().map_or_else(String::new, |k| k.versions());
                 pipe.add_command(streams::apply::applied_version_cmd(
-                    &g.keys().versions(),
+                    &versions,
                     t.aggregate_id,
                 ));
             }
@@ -199,11 +230,11 @@ impl ReadSide {
             };
             let mut replies = replies.into_iter();
             let mut next = || replies.next().unwrap_or(Value::Nil);
-            let mut moved = own.observe(next())?;
+            let mut moved = own.observe_active(next())?;
             let applied = match awaited {
                 None => None,
                 Some((_, g)) => {
-                    moved |= g.observe(next())?;
+                    moved |= g.observe_active(next())?;
                     Some(streams::apply::parse_applied_version(next())?)
                 }
             };

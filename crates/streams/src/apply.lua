@@ -1,30 +1,39 @@
 -- Applies a batch of items in order; each one is all or nothing.
+-- An item is one event written to one or more generations of a read model (the active one,
+-- and the one a rebuild is building): its targets.
 -- KEYS: every key the batch names, once each.
--- ARGV[1] item count, then per item: versions-key index, aggregate id, version,
--- stream-key index (0 = no ack), group, entry id, lease-key index (0 = no fence), owner,
--- op count, then per op: name, key index, args.
+-- ARGV[1] item count, then per item: aggregate id, version, stream-key index (0 = no ack),
+-- group, entry id, lease-key index (0 = no fence), owner, generation-key index (0 = no guard),
+-- expected active, expected building ('' = none), target count, then per target:
+-- versions-key index, marker-key index (0 = none required), op count, then per op: name,
+-- key index, args.
 -- Returns one reply per item, {code, value}; the codes are named alike in apply.rs:
-local APPLIED, DUPLICATE, GAP, FENCED, REFUSED = 1, 0, 2, 3, 4
--- {APPLIED, version}; {DUPLICATE, current} (acked); {GAP, current}; {FENCED, 0};
--- {REFUSED, message} (nothing written, not acked).
+local APPLIED, DUPLICATE, GAP, FENCED, REFUSED, MOVED, NOT_READY = 1, 0, 2, 3, 4, 5, 6
+-- {APPLIED, version} (at least one target applied, the others had it); {DUPLICATE, current}
+-- (every target had it; acked); {GAP, current} (a target misses a predecessor: nothing
+-- written); {FENCED, 0} (lease lost); {REFUSED, message} (nothing written, not acked);
+-- {MOVED, 0} (the generations are not those planned for); {NOT_READY, 0} (a target's read
+-- model has no marker: it is gone, or half gone).
 local arity = {SET = 1, DEL = 0, ZADD = 2, ZREM = 1, HINCRBY = 2, HSET = 2, HDEL = 1}
 -- SET and DEL succeed on a key of any type, so only the others are checked (every call from
 -- Lua costs the script about a microsecond).
 local want = {ZADD = 'zset', ZREM = 'zset', HINCRBY = 'hash', HSET = 'hash', HDEL = 'hash'}
-local leases = {}
+-- Nothing in a batch writes a lease, a generation pointer or a marker, so one read of each
+-- serves the whole call.
+local leases, generations, markers = {}, {}, {}
 local out = {}
--- Pass 1 of an item: check every key's type and every HINCRBY field, so that pass 2 cannot
--- fail half-way. A key is asked once per item (a stats hash gets several HINCRBYs per event);
--- ops that want one key as two types are refused, as the second would fail after the first
--- had written.
+-- Pass 1 of a target: check every key's type and every HINCRBY field, so that pass 2 cannot
+-- fail half-way. A key is asked once per target (a stats hash gets several HINCRBYs per
+-- event); ops that want one key as two types are refused, as the second would fail after the
+-- first had written.
 local function integer(v)
   return not v or (#v <= 18 and string.find(v, '^%-?%d+$') ~= nil)
 end
 local function check(first, n)
-  -- types[key]: what the item's earlier ops leave the key as ('none' after a DEL; 'fresh'
-  -- for a hash the item creates after a SET or DEL, whose stored fields are gone). fields
-  -- (made only when needed): values earlier HSET/HDELs of the item wrote, by key and field.
-  -- One table per item in the common case: every allocation here costs every event.
+  -- types[key]: what the target's earlier ops leave the key as ('none' after a DEL; 'fresh'
+  -- for a hash the target creates after a SET or DEL, whose stored fields are gone). fields
+  -- (made only when needed): values earlier HSET/HDELs of the target wrote, by key and field.
+  -- One table per target in the common case: every allocation here costs every event.
   local types, fields = {}, nil
   local i = first
   for _ = 1, n do
@@ -76,64 +85,108 @@ local function write(first, n)
     i = i + 2 + arity[op]
   end
 end
+-- A value read with pcall: data problems (a key of the wrong type) are answered per item,
+-- never raised, so they stay with the item that met them.
+local function read(cmd, key, ...)
+  local got = redis.pcall(cmd, key, ...)
+  if type(got) == 'table' and got.err then return nil, key .. ': ' .. got.err end
+  return got, nil
+end
 local i = 2
 for item = 1, tonumber(ARGV[1]) do
-  local versions, aggregate, version = KEYS[tonumber(ARGV[i])], ARGV[i + 1], tonumber(ARGV[i + 2])
-  local stream, group, entry = tonumber(ARGV[i + 3]), ARGV[i + 4], ARGV[i + 5]
-  local lease, owner, n = tonumber(ARGV[i + 6]), ARGV[i + 7], tonumber(ARGV[i + 8])
-  local first = i + 9
-  i = first
-  for _ = 1, n do
-    local a = arity[ARGV[i]]
-    if a == nil then return redis.error_reply('unknown op ' .. tostring(ARGV[i])) end
-    i = i + 2 + a
+  local aggregate, version = ARGV[i], tonumber(ARGV[i + 1])
+  local stream, group, entry = tonumber(ARGV[i + 2]), ARGV[i + 3], ARGV[i + 4]
+  local lease, owner = tonumber(ARGV[i + 5]), ARGV[i + 6]
+  local guard, active, building = tonumber(ARGV[i + 7]), ARGV[i + 8], ARGV[i + 9]
+  local targets = {}
+  i = i + 11
+  for t = 1, tonumber(ARGV[i - 1]) do
+    local versions, marker, n = tonumber(ARGV[i]), tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
+    local first = i + 3
+    i = first
+    for _ = 1, n do
+      local a = arity[ARGV[i]]
+      if a == nil then return redis.error_reply('unknown op ' .. tostring(ARGV[i])) end
+      i = i + 2 + a
+    end
+    targets[t] = {versions = KEYS[versions], marker = marker, first = first, n = n}
   end
-  local function ack()
-    if stream > 0 then redis.call('XACK', KEYS[stream], group, entry) end
-  end
-  -- Nothing in a batch writes a lease key, so one GET per lease serves the whole call.
-  local holder, refused = true, nil
+  local refused, reply = nil, nil
   if lease > 0 then
     if leases[lease] == nil then
-      local got = redis.pcall('GET', KEYS[lease])
-      if type(got) == 'table' and got.err then got = {err = got.err} end
-      leases[lease] = got or false
+      local got, err = read('GET', KEYS[lease])
+      leases[lease] = err and {err = err} or got or false
     end
     if type(leases[lease]) == 'table' then
-      refused = 'lease ' .. KEYS[lease] .. ': ' .. leases[lease].err
+      refused = 'lease ' .. leases[lease].err
+    elseif leases[lease] ~= owner then
+      reply = {FENCED, 0}
     end
-    holder = leases[lease] == owner
   end
-  local current = nil
-  if refused == nil and holder then
-    current = redis.pcall('HGET', versions, aggregate)
-    if type(current) == 'table' and current.err then
-      refused = current.err
-    else
-      current = tonumber(current or '0')
-      if current == nil then
-        refused = 'the applied version of ' .. aggregate .. ' in ' .. versions .. ' is not a number'
+  if not refused and not reply and guard > 0 then
+    if generations[guard] == nil then
+      local got, err = read('HMGET', KEYS[guard], 'active', 'building')
+      generations[guard] = err and {err = err} or {got[1] or '', got[2] or ''}
+    end
+    local g = generations[guard]
+    if g.err then
+      refused = 'generations ' .. g.err
+    elseif g[1] ~= active or g[2] ~= building then
+      reply = {MOVED, 0}
+    end
+  end
+  if not refused and not reply then
+    for _, t in ipairs(targets) do
+      if t.marker > 0 then
+        if markers[t.marker] == nil then
+          markers[t.marker] = redis.call('EXISTS', KEYS[t.marker]) == 1
+        end
+        if not markers[t.marker] then reply = {NOT_READY, 0} end
       end
+    end
+  end
+  -- Each target's applied version decides what the item does there; a gap anywhere holds the
+  -- whole item back, so no generation ever gets ahead of another.
+  local todo, current_first = {}, nil
+  if not refused and not reply then
+    for _, t in ipairs(targets) do
+      local got, err = read('HGET', t.versions, aggregate)
+      local current = not err and tonumber(got or '0') or nil
+      if err then
+        refused = err
+      elseif current == nil then
+        refused = 'the applied version of ' .. aggregate .. ' in ' .. t.versions .. ' is not a number'
+      elseif version > current + 1 then
+        reply = reply or {GAP, current}
+      elseif version == current + 1 then
+        todo[#todo + 1] = t
+      end
+      if current_first == nil then current_first = current end
+      if refused then break end
     end
   end
   if refused then
     out[item] = {REFUSED, refused}
-  elseif not holder then
-    out[item] = {FENCED, 0}
-  elseif version <= current then
-    ack()
-    out[item] = {DUPLICATE, current}
-  elseif version ~= current + 1 then
-    out[item] = {GAP, current}
+  elseif reply then
+    out[item] = reply
   else
-    local unfit = check(first, n)
+    local unfit = nil
+    for _, t in ipairs(todo) do
+      unfit = unfit or check(t.first, t.n)
+    end
     if unfit then
       out[item] = {REFUSED, unfit}
     else
-      write(first, n)
-      redis.call('HSET', versions, aggregate, version)
-      ack()
-      out[item] = {APPLIED, version}
+      for _, t in ipairs(todo) do
+        write(t.first, t.n)
+        redis.call('HSET', t.versions, aggregate, version)
+      end
+      if stream > 0 then redis.call('XACK', KEYS[stream], group, entry) end
+      if #todo > 0 then
+        out[item] = {APPLIED, version}
+      else
+        out[item] = {DUPLICATE, current_first or 0}
+      end
     end
   end
 end

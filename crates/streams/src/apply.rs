@@ -21,6 +21,7 @@ use deadpool_redis::redis::{self, Script, Value};
 use uuid::Uuid;
 
 use crate::StreamError;
+use crate::generation::GenerationGuard;
 
 /// One read-model write. Projections return these; they never touch Redis themselves. Every
 /// variant names the key it writes first; the rest are the command's arguments.
@@ -72,17 +73,28 @@ impl Op {
     }
 }
 
-/// One event to apply.
+/// One generation an event is written to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Target {
+    /// The generation's hash of applied versions.
+    pub versions_key: String,
+    /// A key that must exist for the write to happen (the generation's marker: without it the
+    /// read model is gone or half gone); `None` for a generation being built.
+    pub marker: Option<String>,
+    /// The writes, with the generation's keys.
+    pub ops: Vec<Op>,
+}
+
+/// One event to apply, to one or more generations ([`Target`]s), all or nothing.
 #[derive(Debug, Clone)]
 pub struct ApplyItem {
-    /// The hash of applied versions of the read model.
-    pub versions_key: String,
     /// The aggregate.
     pub aggregate_id: Uuid,
     /// The event's `aggregate_version`.
     pub version: i64,
-    /// The read-model writes.
-    pub ops: Vec<Op>,
+    /// Where it is written. Each target applies it if its applied version is the one before,
+    /// has it already (a duplicate) if later; a gap in any target holds the whole item back.
+    pub targets: Vec<Target>,
     /// `(stream, group, entry id)` to acknowledge in the same step; `None` when replaying
     /// history that did not come from a stream.
     pub ack: Option<(String, String, String)>,
@@ -90,6 +102,28 @@ pub struct ApplyItem {
     /// the same atomic step. `None` for writers that hold no lease (replays, re-drives of a parked
     /// aggregate, which no consumer touches).
     pub fence: Option<(String, String)>,
+    /// Apply only if the projection's generations are still those planned for.
+    pub guard: Option<GenerationGuard>,
+}
+
+impl ApplyItem {
+    /// An item writing `ops` to the one generation whose versions are at `versions_key`,
+    /// with no acknowledgement, fence, marker or guard.
+    #[must_use]
+    pub fn new(versions_key: String, aggregate_id: Uuid, version: i64, ops: Vec<Op>) -> Self {
+        Self {
+            aggregate_id,
+            version,
+            targets: vec![Target {
+                versions_key,
+                marker: None,
+                ops,
+            }],
+            ack: None,
+            fence: None,
+            guard: None,
+        }
+    }
 }
 
 /// What the script did with one item.
@@ -109,6 +143,12 @@ pub enum ApplyOutcome {
     },
     /// The caller no longer holds the partition's lease: nothing changed, not acknowledged.
     Fenced,
+    /// The projection's generations changed since planning (a rebuild began or switched):
+    /// nothing changed, not acknowledged; plan again.
+    Moved,
+    /// A generation's marker is missing (the read model is gone or half gone): nothing
+    /// changed, not acknowledged.
+    NotReady,
     /// Redis refused the change (a key of the wrong type, say): nothing of it was written, and
     /// the entry was not acknowledged. (Only an error no check foresaw, raised by Redis half-way
     /// through the event's writes, could leave part of them behind.)
@@ -130,9 +170,28 @@ mod reply {
     pub(super) const GAP: i64 = 2;
     pub(super) const FENCED: i64 = 3;
     pub(super) const REFUSED: i64 = 4;
+    pub(super) const MOVED: i64 = 5;
+    pub(super) const NOT_READY: i64 = 6;
 }
 
 static APPLY_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(SCRIPT));
+
+fn op_args(op: &Op) -> (&'static str, Vec<String>) {
+    match op {
+        Op::Set { value, .. } => ("SET", vec![value.clone()]),
+        Op::Del { .. } => ("DEL", vec![]),
+        // Scores are validated finite by `validate`; format keeps full precision.
+        Op::ZAdd { score, member, .. } => ("ZADD", vec![format!("{score}"), member.clone()]),
+        Op::ZRem { member, .. } => ("ZREM", vec![member.clone()]),
+        Op::HIncrBy { field, delta, .. } => ("HINCRBY", vec![field.clone(), delta.to_string()]),
+        Op::HSet { field, value, .. } => ("HSET", vec![field.clone(), value.clone()]),
+        Op::HDel { field, .. } => ("HDEL", vec![field.clone()]),
+    }
+}
+
+fn generation_arg(g: Option<i64>) -> String {
+    g.map(|g| g.to_string()).unwrap_or_default()
+}
 
 /// Builds the `EVALSHA` command for a run of items (at most [`ITEMS_PER_CALL`]).
 fn eval_cmd(items: &[&ApplyItem]) -> redis::Cmd {
@@ -146,7 +205,6 @@ fn eval_cmd(items: &[&ApplyItem]) -> redis::Cmd {
                 keys.len()
             })
         };
-        let versions = k(item.versions_key.as_str());
         let (stream, group, entry) = match &item.ack {
             Some((stream, group, entry)) => (k(stream.as_str()), group.as_str(), entry.as_str()),
             None => (0, "", ""),
@@ -155,8 +213,15 @@ fn eval_cmd(items: &[&ApplyItem]) -> redis::Cmd {
             Some((lease, owner)) => (k(lease.as_str()), owner.as_str()),
             None => (0, ""),
         };
+        let (guard, active, building) = match &item.guard {
+            Some(g) => (
+                k(g.key.as_str()),
+                generation_arg(g.expected.active),
+                generation_arg(g.expected.building),
+            ),
+            None => (0, String::new(), String::new()),
+        };
         args.extend([
-            versions.to_string(),
             item.aggregate_id.to_string(),
             item.version.to_string(),
             stream.to_string(),
@@ -164,27 +229,26 @@ fn eval_cmd(items: &[&ApplyItem]) -> redis::Cmd {
             entry.to_owned(),
             lease.to_string(),
             owner.to_owned(),
-            item.ops.len().to_string(),
+            guard.to_string(),
+            active,
+            building,
+            item.targets.len().to_string(),
         ]);
-        for op in &item.ops {
-            let key = k(op.key());
-            let (name, rest): (&str, Vec<String>) = match op {
-                Op::Set { value, .. } => ("SET", vec![value.clone()]),
-                Op::Del { .. } => ("DEL", vec![]),
-                Op::ZAdd { score, member, .. } => {
-                    // Scores are validated finite by `validate`; format keeps full precision.
-                    ("ZADD", vec![format!("{score}"), member.clone()])
-                }
-                Op::ZRem { member, .. } => ("ZREM", vec![member.clone()]),
-                Op::HIncrBy { field, delta, .. } => {
-                    ("HINCRBY", vec![field.clone(), delta.to_string()])
-                }
-                Op::HSet { field, value, .. } => ("HSET", vec![field.clone(), value.clone()]),
-                Op::HDel { field, .. } => ("HDEL", vec![field.clone()]),
-            };
-            args.push(name.to_owned());
-            args.push(key.to_string());
-            args.extend(rest);
+        for target in &item.targets {
+            let versions = k(target.versions_key.as_str());
+            let marker = target.marker.as_deref().map_or(0, &mut k);
+            args.extend([
+                versions.to_string(),
+                marker.to_string(),
+                target.ops.len().to_string(),
+            ]);
+            for op in &target.ops {
+                let key = k(op.key());
+                let (name, rest) = op_args(op);
+                args.push(name.to_owned());
+                args.push(key.to_string());
+                args.extend(rest);
+            }
         }
     }
     let mut cmd = redis::cmd("EVALSHA");
@@ -197,7 +261,10 @@ fn eval_cmd(items: &[&ApplyItem]) -> redis::Cmd {
 
 /// Refuses operations the script could not execute (a non-finite score).
 fn validate(item: &ApplyItem) -> Result<(), String> {
-    for op in &item.ops {
+    if item.targets.is_empty() {
+        return Err("an item must write to at least one generation".into());
+    }
+    for op in item.targets.iter().flat_map(|t| &t.ops) {
         if let Op::ZAdd { score, .. } = op
             && !score.is_finite()
         {
@@ -366,6 +433,8 @@ fn parse_outcome(reply: Value) -> Result<ApplyOutcome, StreamError> {
         }
         [Value::Int(reply::GAP), Value::Int(current)] => ApplyOutcome::Gap { current: *current },
         [Value::Int(reply::FENCED), Value::Int(_)] => ApplyOutcome::Fenced,
+        [Value::Int(reply::MOVED), Value::Int(_)] => ApplyOutcome::Moved,
+        [Value::Int(reply::NOT_READY), Value::Int(_)] => ApplyOutcome::NotReady,
         [Value::Int(reply::REFUSED), Value::BulkString(m)] => {
             ApplyOutcome::Rejected(String::from_utf8_lossy(m).into_owned())
         }

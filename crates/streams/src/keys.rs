@@ -47,6 +47,19 @@ impl KeySpace {
         format!("{}cqrs:rebuild:{projection}", self.prefix)
     }
 
+    /// The generations of `projection` retired and waiting to be deleted (a sorted set scored
+    /// by when they were retired).
+    #[must_use]
+    pub fn retired(&self, projection: &str) -> String {
+        format!("{}cqrs:retired:{projection}", self.prefix)
+    }
+
+    /// The canary of `projection` ([`crate::read_model::canary`]).
+    #[must_use]
+    pub fn canary(&self, projection: &str) -> String {
+        format!("{}cqrs:canary:{projection}", self.prefix)
+    }
+
     /// The read-model keys of `module`'s projection, generation `generation`.
     #[must_use]
     pub fn read_model(&self, module: &str, generation: i64) -> ReadModelKeys {
@@ -83,6 +96,13 @@ impl ReadModelKeys {
     #[must_use]
     pub fn marker(&self) -> String {
         self.key("marker")
+    }
+
+    /// The record of the build of this generation while it runs (which operation builds it):
+    /// its absence on resuming a build means Redis lost the partial generation.
+    #[must_use]
+    pub fn build_record(&self) -> String {
+        self.key("build")
     }
 
     /// The generation these keys belong to.

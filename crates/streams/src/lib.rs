@@ -18,9 +18,9 @@ pub mod read_model;
 pub mod retention;
 pub mod visibility;
 
-pub use apply::{ApplyItem, ApplyOutcome, Op, apply_batch};
+pub use apply::{ApplyItem, ApplyOutcome, Op, Target, apply_batch};
 pub use error::StreamError;
-pub use generation::ActiveGeneration;
+pub use generation::{GenerationGuard, GenerationState, Generations};
 pub use keys::{KeySpace, ReadModelKeys};
 pub use pool::{RedisPools, RedisSettings};
 

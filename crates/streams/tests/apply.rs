@@ -34,12 +34,8 @@ fn item(
     ack: Option<(String, String, String)>,
 ) -> ApplyItem {
     ApplyItem {
-        versions_key: format!("{}versions", r.prefix),
-        aggregate_id: aggregate,
-        version,
-        ops,
         ack,
-        fence: None,
+        ..ApplyItem::new(format!("{}versions", r.prefix), aggregate, version, ops)
     }
 }
 

@@ -25,11 +25,20 @@ fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The applied versions of the served task read model.
 async fn versions(p: &Pipeline) -> HashMap<String, i64> {
     let pools = p.redis_pools();
     let mut c = pools.commands.get().await.expect("redis");
+    let generations = streams::Generations::new(
+        &pools.keys,
+        "task",
+        "task_projection",
+        streams::GenerationState::default(),
+    );
+    generations.refresh(&mut *c).await.expect("generations");
+    let model = generations.active_keys().expect("a served generation");
     streams::redis::cmd("HGETALL")
-        .arg(pools.keys.read_model("task", 1).versions())
+        .arg(model.versions())
         .query_async(&mut *c)
         .await
         .expect("versions")

@@ -1,23 +1,21 @@
-//! One batch, phase by phase: set unreadable entries aside, read what planning needs in one
-//! round trip, let parked aggregates' events follow their head, plan, apply in one round trip,
-//! then settle each event's fate in order.
+//! One batch, phase by phase: set unreadable entries aside, read what planning needs of every
+//! target generation in one round trip, let parked aggregates' events follow their head, plan,
+//! repair the gaps from `event_store`, apply in one round trip, then settle each event's fate in
+//! order.
 
-use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use events::EventEnvelope;
 use streams::consumer::{self, Delivery};
 use streams::dlq::Mode;
-use streams::read_model::{self, LoadRequest};
-use streams::{ApplyItem, ApplyOutcome, ReadModelKeys, RedisPools, StreamError, redis};
+use streams::{ApplyItem, ApplyOutcome, StreamError, redis};
 use time::OffsetDateTime;
-use uuid::Uuid;
 
 use super::dead_letter::Verdict;
-use super::fate::{self, Facts, Failure, Fate};
+use super::fate::{self, Facts, Fate, Hold, Unsent};
+use super::targets::{Source, Step, Targets, apply_targets, load, plan_targets};
 use super::{BatchReport, Projector};
 use crate::metrics as m;
-use crate::plan::{PlanOutcome, Projection, ViewState, plan};
 
 /// An entry's content.
 pub(super) enum Decoded {
@@ -37,55 +35,9 @@ pub(super) struct Input {
 /// A readable event of a batch, with the delivery it came in (none when replayed).
 pub(super) type Entry<'a> = (Option<&'a Delivery>, &'a EventEnvelope);
 
-/// What planning a batch needs, read in one round trip.
-#[derive(Default)]
-pub(crate) struct Loaded {
-    /// Applied version per aggregate (0: none).
-    pub(crate) versions: HashMap<Uuid, i64>,
-    /// The string keys the projection reads.
-    pub(crate) view: ViewState,
-    /// Aggregates parked in the dead letters.
-    pub(crate) parked: BTreeSet<Uuid>,
-}
-
-/// Reads what planning `events` needs ([`streams::read_model::load`]): the keys `projection`
-/// reads for them in generation `model`, their aggregates' applied versions, which of those are
-/// parked (when `parked` names the parked hash), and whether the marker exists (when required).
-/// `None` when the marker was required and is missing.
-pub(crate) async fn load(
-    pools: &RedisPools,
-    projection: &dyn Projection,
-    model: &ReadModelKeys,
-    events: &[&EventEnvelope],
-    parked: Option<&str>,
-    require_marker: bool,
-) -> Result<Option<Loaded>, StreamError> {
-    let reads: Vec<String> = events
-        .iter()
-        .flat_map(|e| projection.reads(e, model))
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    let aggregates: Vec<Uuid> = events
-        .iter()
-        .map(|e| e.aggregate_id)
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    let mut conn = pools.commands.get().await?;
-    let request = LoadRequest {
-        model,
-        reads: &reads,
-        aggregates: &aggregates,
-        parked,
-        require_marker,
-    };
-    Ok(read_model::load(&mut conn, request).await?.map(|l| Loaded {
-        versions: l.versions,
-        view: ViewState::from_pairs(l.values),
-        parked: l.parked,
-    }))
-}
+/// How many times a batch is planned again because the generations changed under it (a
+/// rebuild starting or switching) before its entries are left for the next round.
+const MAX_REPLANS: usize = 3;
 
 impl Projector {
     fn decode(&self, d: &Delivery) -> Decoded {
@@ -168,7 +120,8 @@ impl Projector {
                 delivery: Some(d),
             })
             .collect();
-        self.process_inputs(inputs, prefetch).await
+        self.process_inputs(inputs, Source::Stream { prefetch })
+            .await
     }
 
     /// The read of new entries of the held partitions, without blocking.
@@ -190,7 +143,7 @@ impl Projector {
     pub(super) async fn process_inputs(
         &self,
         inputs: Vec<Input>,
-        prefetch: bool,
+        source: Source,
     ) -> Result<BatchReport, StreamError> {
         let started = Instant::now();
         let mut report = BatchReport {
@@ -200,42 +153,97 @@ impl Projector {
         if inputs.is_empty() {
             return Ok(report);
         }
-        // One generation for the whole batch.
-        let model = self.keys();
-        let events = self.divert_unreadable(&inputs, &mut report).await?;
-        // A replay is what builds the read model, so only stream entries need its marker.
-        let from_stream = self.pg.is_some() && events.iter().any(|(d, _)| d.is_some());
-        let all: Vec<&EventEnvelope> = events.iter().map(|(_, e)| *e).collect();
-        let Some(Loaded {
-            versions,
-            mut view,
-            parked,
-        }) = load(
-            &self.redis,
-            self.projection.as_ref(),
-            &model,
-            &all,
-            Some(&self.dlq.parked),
-            from_stream,
-        )
-        .await?
-        else {
-            report.not_ready += events.len();
-            self.lock().heal_due = true;
-            return Ok(report);
-        };
-        let live = self.divert_parked(events, &parked, &mut report).await?;
-        let refs: Vec<&EventEnvelope> = live.iter().map(|(_, e)| *e).collect();
-        let plans = plan(
-            self.projection.as_ref(),
-            &model,
-            &refs,
-            &versions,
-            &mut view,
-        );
-        let answers = self.apply_planned(&model, &live, plans, prefetch).await?;
-        self.settle(&live, answers, &mut report).await?;
-
+        let mut events = self.divert_unreadable(&inputs, &mut report).await?;
+        let mut first_pass = true;
+        let mut repaired = false;
+        let mut prefetch = matches!(source, Source::Stream { prefetch: true });
+        let mut replans = 0;
+        loop {
+            // The generations of this pass: one state for the whole batch.
+            let Some(targets) = self.targets(source) else {
+                // Nothing to write to, as last seen: look again once before waiting.
+                if replans < MAX_REPLANS {
+                    replans += 1;
+                    self.refresh_generations().await?;
+                    continue;
+                }
+                report.not_ready += events.len();
+                self.lock().heal_due = true;
+                break;
+            };
+            // A replay builds the read model, so only live entries need the served one whole.
+            let require_marker = targets
+                .list
+                .iter()
+                .find(|t| t.marker)
+                .map(|t| &t.keys)
+                .filter(|_| matches!(source, Source::Stream { .. } | Source::Repair));
+            let all: Vec<&EventEnvelope> = events.iter().map(|(_, e)| *e).collect();
+            let models: Vec<_> = targets.list.iter().map(|t| &t.keys).collect();
+            let Some(loaded) = load(
+                &self.redis,
+                self.projection.as_ref(),
+                &models,
+                &all,
+                Some(&self.dlq.parked),
+                require_marker,
+            )
+            .await?
+            else {
+                report.not_ready += events.len();
+                self.lock().heal_due = true;
+                break;
+            };
+            if first_pass {
+                first_pass = false;
+                events = match source {
+                    // Events of parked aggregates follow their head into the dead letters.
+                    Source::Stream { .. } => {
+                        self.divert_parked(events, &loaded.parked, &mut report)
+                            .await?
+                    }
+                    // A repair leaves parked aggregates to their operator.
+                    Source::Repair => events
+                        .into_iter()
+                        .filter(|(_, e)| !loaded.parked.contains(&e.aggregate_id))
+                        .collect(),
+                    // A rebuild re-evaluates them: what applies now leaves the parking.
+                    Source::Rebuild(_) => events,
+                };
+                if events.is_empty() {
+                    break;
+                }
+            }
+            let refs: Vec<&EventEnvelope> = events.iter().map(|(_, e)| *e).collect();
+            let (steps, missing) = plan_targets(self.projection.as_ref(), &targets, &refs, loaded);
+            // Versions missing here that no failing predecessor explains were lost on the way:
+            // read them from event_store and apply them first, then plan again.
+            if !repaired && !matches!(source, Source::Rebuild(_)) {
+                let missing: Vec<_> = {
+                    let state = self.lock();
+                    missing
+                        .into_iter()
+                        .filter(|m| !state.retries.is_behind_failing(m.aggregate, m.to + 1))
+                        .collect()
+                };
+                if !missing.is_empty() {
+                    repaired = true;
+                    if self.repair(&missing, &mut report).await? > 0 {
+                        continue;
+                    }
+                }
+            }
+            let answers = self.apply_steps(&targets, &events, steps, prefetch).await?;
+            prefetch = false;
+            if replans < MAX_REPLANS && answers.iter().any(|a| matches!(a, Ok(ApplyOutcome::Moved)))
+            {
+                replans += 1;
+                self.refresh_generations().await?;
+                continue;
+            }
+            self.settle(&events, answers, source, &mut report).await?;
+            break;
+        }
         let per_event = started.elapsed().as_secs_f64() / report.delivered.max(1) as f64;
         let histogram = metrics::histogram!(m::EVENT_PROCESSING_DURATION_SECONDS, "projection" => self.projection_name());
         for _ in 0..report.delivered {
@@ -244,37 +252,35 @@ impl Projector {
         Ok(report)
     }
 
-    /// Phase 4: sends the events planned to apply (or found duplicates) to Redis in one round
-    /// trip, which also wakes the readers waiting for them and, when consuming, reads the next
-    /// batch (after the applies, so in order). Returns each event's answer, in order: the
-    /// script's outcome, or why it was not sent.
-    async fn apply_planned(
+    /// Phase 4: sends the events to apply (or found duplicates) to Redis in one round trip,
+    /// which also wakes the readers waiting for them and, when consuming, reads the next batch
+    /// (after the applies, so in order). Returns each event's answer, in order: the script's
+    /// outcome, or why it was not sent.
+    async fn apply_steps(
         &self,
-        model: &ReadModelKeys,
-        live: &[Entry<'_>],
-        plans: Vec<PlanOutcome>,
+        targets: &Targets,
+        events: &[super::batch::Entry<'_>],
+        steps: Vec<Step>,
         prefetch: bool,
-    ) -> Result<Vec<Result<ApplyOutcome, Failure>>, StreamError> {
-        let held: Vec<Option<Failure>> = plans.iter().map(Failure::of_plan).collect();
-        let items: Vec<ApplyItem> = live
-            .iter()
-            .zip(plans)
-            .filter_map(|((d, e), planned)| {
-                let ops = match planned {
-                    PlanOutcome::Apply(ops) => ops,
-                    PlanOutcome::Duplicate => vec![],
-                    PlanOutcome::Gap { .. } | PlanOutcome::Failed(_) => return None,
-                };
-                Some(ApplyItem {
-                    versions_key: model.versions(),
-                    aggregate_id: e.aggregate_id,
-                    version: e.aggregate_version,
-                    ops,
-                    ack: d.map(|d| (d.stream.clone(), self.group.clone(), d.entry_id.clone())),
-                    fence: d.and_then(|d| self.fence(&d.stream)),
-                })
-            })
-            .collect();
+    ) -> Result<Vec<Result<ApplyOutcome, Unsent>>, StreamError> {
+        let mut held: Vec<Option<Unsent>> = Vec::with_capacity(steps.len());
+        let mut items = Vec::new();
+        for ((d, e), step) in events.iter().zip(steps) {
+            match step {
+                Step::Hold(unsent) => held.push(Some(unsent)),
+                Step::Send(ops) => {
+                    held.push(None);
+                    items.push(ApplyItem {
+                        aggregate_id: e.aggregate_id,
+                        version: e.aggregate_version,
+                        targets: apply_targets(targets, ops),
+                        ack: d.map(|d| (d.stream.clone(), self.group.clone(), d.entry_id.clone())),
+                        fence: d.and_then(|d| self.fence(&d.stream)),
+                        guard: Some(targets.guard.clone()),
+                    });
+                }
+            }
+        }
         let outcomes = if items.is_empty() {
             vec![]
         } else {
@@ -296,12 +302,12 @@ impl Projector {
             }
             outcomes
         };
-        // The items went in the order of `live`, skipping the held ones: zip them back.
+        // The items went in the order of the events, skipping the held ones: zip them back.
         let mut outcomes = outcomes.into_iter();
         Ok(held
             .into_iter()
             .map(|held| match held {
-                Some(failure) => Err(failure),
+                Some(unsent) => Err(unsent),
                 None => Ok(outcomes
                     .next()
                     .unwrap_or_else(|| ApplyOutcome::Rejected("no reply".into()))),
@@ -310,16 +316,18 @@ impl Projector {
     }
 
     /// Phase 5: settles each event's fate, in order, so a head's failure is known before its
-    /// followers are judged.
+    /// followers are judged. History (a rebuild, a repair) is never retried: what fails there
+    /// is left to the live path, but for what the projection refuses, which is poison.
     async fn settle(
         &self,
-        live: &[Entry<'_>],
-        answers: Vec<Result<ApplyOutcome, Failure>>,
+        events: &[Entry<'_>],
+        answers: Vec<Result<ApplyOutcome, Unsent>>,
+        source: Source,
         report: &mut BatchReport,
     ) -> Result<(), StreamError> {
         let name = self.projection_name();
         let now = OffsetDateTime::now_utc();
-        for ((d, e), answer) in live.iter().zip(answers) {
+        for ((d, e), answer) in events.iter().zip(answers) {
             let facts = Facts {
                 answer: answer.as_ref().map_err(Clone::clone),
                 behind_failing: self
@@ -333,8 +341,10 @@ impl Projector {
                 Fate::Applied => {
                     report.applied += 1;
                     metrics::counter!(m::EVENTS_PROCESSED_TOTAL, "event_type" => e.event_type.clone(), "projection" => name).increment(1);
-                    metrics::histogram!(m::PROJECTION_LAG_SECONDS, "projection" => name)
-                        .record((now - e.occurred_at).as_seconds_f64().max(0.0));
+                    if d.is_some() {
+                        metrics::histogram!(m::PROJECTION_LAG_SECONDS, "projection" => name)
+                            .record((now - e.occurred_at).as_seconds_f64().max(0.0));
+                    }
                     let mut state = self.lock();
                     state.applied_total += 1;
                     state.last_event = Some((e.event_id, now));
@@ -356,7 +366,16 @@ impl Projector {
                             .wait(&d.stream, &d.entry_id, e.aggregate_id);
                     }
                 }
-                Fate::Retry(failure) => {
+                Fate::Held(hold) => {
+                    report.not_ready += 1;
+                    match hold {
+                        Hold::NotReady => self.lock().heal_due = true,
+                        Hold::Inconsistent(reason) => self.inconsistent(e, &reason),
+                        // Planned again MAX_REPLANS times; the entries come back next round.
+                        Hold::Moved => {}
+                    }
+                }
+                Fate::Retry(failure) if d.is_some() => {
                     let (error_type, reason) =
                         (failure.error_type(), failure.reason(e.aggregate_version));
                     metrics::counter!(m::WORKER_ERRORS_TOTAL, "projection" => name, "error_type" => error_type).increment(1);
@@ -367,7 +386,17 @@ impl Projector {
                         error_type, reason = %reason, "event failed; will retry");
                     state.last_error = Some(format!("{error_type}: {reason}"));
                 }
+                // History that cannot apply yet (a gap in a generation being built, say) is
+                // left to the live path or the rest of the replay.
+                Fate::Retry(_) => report.waiting += 1,
                 Fate::DeadLetter(failure) => {
+                    let parked = matches!(source, Source::Rebuild(_))
+                        && self.is_parked(e.aggregate_id).await?;
+                    if parked {
+                        // Still refused, as when it was parked: it stays parked, once.
+                        report.waiting += 1;
+                        continue;
+                    }
                     let (error_type, reason) =
                         (failure.error_type(), failure.reason(e.aggregate_version));
                     metrics::counter!(m::WORKER_ERRORS_TOTAL, "projection" => name, "error_type" => error_type).increment(1);
@@ -380,6 +409,42 @@ impl Projector {
                         .await?;
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Records that the read model contradicts itself for `e`'s aggregate: the run loop starts
+    /// a rebuild (one per projection). Logged once per incident.
+    fn inconsistent(&self, e: &EventEnvelope, reason: &str) {
+        let mut state = self.lock();
+        if state.rebuild_due.is_none() {
+            tracing::warn!(projection = self.projection_name(), aggregate_id = %e.aggregate_id,
+                version = e.aggregate_version, reason,
+                "the read model contradicts its version record; rebuilding it (the old generation serves meanwhile)");
+            state.rebuild_due = Some(format!(
+                "read model inconsistent for aggregate {}: {reason}",
+                e.aggregate_id
+            ));
+        }
+    }
+
+    async fn is_parked(&self, aggregate: uuid::Uuid) -> Result<bool, StreamError> {
+        let mut conn = self.redis.commands.get().await?;
+        Ok(streams::dlq::are_parked(&mut conn, &self.dlq, &[aggregate])
+            .await?
+            .first()
+            .copied()
+            .unwrap_or(false))
+    }
+
+    /// Reads the generations again (after an apply found them changed).
+    pub(super) async fn refresh_generations(&self) -> Result<(), StreamError> {
+        let mut conn = self.redis.commands.get().await?;
+        let before = self.generations.state();
+        let now = self.generations.refresh(&mut conn).await?;
+        if now != before {
+            tracing::info!(projection = self.projection_name(), active = ?now.active,
+                building = ?now.building, "generations changed");
         }
         Ok(())
     }

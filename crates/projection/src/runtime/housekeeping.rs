@@ -1,11 +1,39 @@
 //! Keeping a replica in its place among its peers: consumer groups, partition leases (and the
-//! takeover of a new partition's pending entries), dead consumers, lag, and heartbeats.
+//! takeover of a new partition's pending entries), dead consumers, lag, heartbeats (and the
+//! refusal to run twice under one name), and the deletion of retired generations.
+
+use std::time::Duration;
 
 use outbox::control::{ControlStore, Heartbeat};
 use streams::{StreamError, consumer};
 
 use super::{Projector, Status};
 use crate::metrics as m;
+
+/// How long a retired generation stays before it is deleted: readers that were reading it
+/// when the switch happened (a list's second round trip) are done by then.
+const RETIRED_GRACE: Duration = Duration::from_secs(10);
+
+/// Keys deleted per step of a retired generation's deletion: bounded, so Redis serves others
+/// in between.
+const RETIRED_STEP: usize = 1000;
+
+/// Another live process runs under this replica's name.
+///
+/// # Handling
+/// Refuse to start: two processes sharing one name share a consumer and the leases, so each
+/// would apply what the other was given.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "another live projector-worker runs as {worker:?} (it reported {age_ms} ms ago): every \
+     replica needs its own CONSUMER_NAME (use the pod name); refusing to start"
+)]
+pub struct DuplicateReplica {
+    /// The shared name.
+    pub worker: String,
+    /// How long ago the other process reported.
+    pub age_ms: u64,
+}
 
 impl Projector {
     /// Creates the consumer group on every partition stream (idempotent).
@@ -124,10 +152,68 @@ impl Projector {
                 last_applied_at: s.last_event.map(|(_, t)| t),
                 last_error: s.last_error.clone(),
                 heartbeat_at: None,
+                instance: Some(self.instance.clone()),
             }
         };
         if let Err(e) = ControlStore::new(pool.clone()).heartbeat(&h).await {
             tracing::debug!(error = %resilience::error_chain(&e), "heartbeat failed");
+        }
+    }
+
+    /// Deletes a bounded step of the oldest retired generation, if one is due.
+    ///
+    /// # Errors
+    /// [`StreamError`] when Redis fails.
+    pub async fn delete_retired(&self) -> Result<usize, StreamError> {
+        let mut conn = self.redis.commands.get().await?;
+        streams::read_model::delete_retired_step(
+            &mut conn,
+            &self.generations,
+            &self.redis.keys.retired(self.projection_name()),
+            RETIRED_GRACE,
+            RETIRED_STEP,
+        )
+        .await
+    }
+
+    /// Refuses to run when another live process reports under this replica's name. A report
+    /// from another process that is fresh may be this replica's own previous life (killed a
+    /// moment ago): it is watched for two heartbeat periods, and only one that goes on being
+    /// written means a live twin. Without a database it checks nothing.
+    ///
+    /// # Errors
+    /// [`DuplicateReplica`] naming the setting; PostgreSQL failing lets it start (the leases
+    /// still keep two owners from applying at once).
+    pub async fn ensure_sole_replica(&self) -> Result<(), DuplicateReplica> {
+        let Some(pool) = &self.pg else { return Ok(()) };
+        let control = ControlStore::new(pool.clone());
+        let look = || async {
+            control
+                .worker_heartbeat(self.projection_name(), &self.settings.replica)
+                .await
+                .ok()
+                .flatten()
+        };
+        let Some(first) = look().await else {
+            return Ok(());
+        };
+        let other = first.instance.as_deref() != Some(self.instance.as_str());
+        if !other || first.status == "stopped" || first.age > Duration::from_secs(3) {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        match look().await {
+            Some(again)
+                if again.instance == first.instance
+                    && again.status != "stopped"
+                    && again.written_at != first.written_at =>
+            {
+                Err(DuplicateReplica {
+                    worker: self.settings.replica.clone(),
+                    age_ms: u64::try_from(again.age.as_millis()).unwrap_or(u64::MAX),
+                })
+            }
+            _ => Ok(()),
         }
     }
 }

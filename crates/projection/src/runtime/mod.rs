@@ -13,47 +13,61 @@
 //! - **Dead letters, nothing lost.** After the last attempt the event moves to the dead-letter
 //!   stream and is acknowledged in the same atomic step ([`streams::dlq`]); its aggregate is
 //!   parked and its later events follow it there, in order.
-//! - **Control and self-heal.** Operators' desired state is obeyed within a poll interval;
-//!   a lost read model (no marker) is rebuilt from `event_store` by one replica while the
-//!   others wait. The generation written is the active one, resolved at run time
-//!   ([`streams::generation`]).
+//! - **Generations.** Live applies write the active generation ([`streams::generation`]) and,
+//!   while a rebuild runs, the generation being built, all or nothing; a rebuild replays
+//!   `event_store` into the new generation and switches to it atomically once caught up.
+//! - **Redis is disposable.** A version gap (entries lost between PostgreSQL and Redis) is
+//!   repaired from `event_store`, never dead-lettered; a read model that contradicts its
+//!   version record, or has lost its marker, is rebuilt (zero downtime, one replica, resumable);
+//!   no usable generation at all (first start, total loss) is rebuilt from scratch; Redis going
+//!   back in time (a failover to a lagging replica, a restored snapshot) is caught by the canary
+//!   and what it lost is replayed.
 //!
 //! Memory is bounded: the only per-aggregate state kept is for aggregates with an event
 //! currently failing, which the pending list bounds.
 //!
 //! The files of this folder are its concerns: [`settings`] and [`report`] (what goes in and
-//! out), `batch` (one batch, phase by phase), `fate` (what becomes of one event), `retry` (the
-//! bookkeeping of failing aggregates, retries and stranded entries), `dead_letter`, `rebuild`
-//! (replay and self-heal), `housekeeping` (leases, lag, consumers, heartbeats) and `run` (the
-//! loop that strings them together).
+//! out), `targets` (which generations a batch writes, and what planning needs of them),
+//! `batch` (one batch, phase by phase), `fate` (what becomes of one event), `retry` (the
+//! bookkeeping of failing aggregates, retries and stranded entries), `dead_letter`, `repair`
+//! (gaps and lost tails, from `event_store`), `rebuild` (replay, the rebuild operation and the
+//! switch), `canary` (noticing Redis went back in time), `housekeeping` (leases, lag, consumers,
+//! heartbeats, retired generations) and `run` (the loop that strings them together).
 
 mod batch;
+mod canary;
 mod dead_letter;
-mod fate;
+pub(crate) mod fate;
 mod housekeeping;
 mod rebuild;
+mod repair;
 pub mod report;
 mod retry;
 mod run;
 pub mod settings;
+mod targets;
 
 use std::sync::{Arc, Mutex};
 
 use events::{EventEnvelope, StreamRouting};
 use streams::consumer::Delivery;
 use streams::dlq::DeadLetterKeys;
+use streams::keys::INITIAL_GENERATION;
 use streams::lease::PartitionLeases;
-use streams::{ActiveGeneration, ReadModelKeys, RedisPools};
+use streams::{GenerationState, Generations, ReadModelKeys, RedisPools};
 use time::OffsetDateTime;
 use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::plan::Projection;
 
-pub(crate) use batch::load;
-pub use rebuild::ReplayError;
+pub use canary::CanaryCheck;
+pub(crate) use fate::Unsent;
+pub use housekeeping::DuplicateReplica;
+pub use rebuild::{RebuildOutcome, ReplayError};
 pub use report::{BatchReport, ReplayReport, Status};
 pub use settings::ProjectorSettings;
+pub(crate) use targets::{Step, Targets, apply_targets, load, plan_targets};
 
 /// What a replica keeps between batches.
 #[derive(Default)]
@@ -63,6 +77,9 @@ struct State {
     applied_total: i64,
     /// Set when a batch found the read model missing: the run loop heals at once.
     heal_due: bool,
+    /// Why a batch found the read model contradicting itself, if one did: the run loop starts
+    /// a rebuild.
+    rebuild_due: Option<String>,
     /// New entries read ahead in the last apply's round trip, processed next.
     prefetched: Vec<Delivery>,
     last_event: Option<(Uuid, OffsetDateTime)>,
@@ -87,12 +104,14 @@ pub struct Projector {
     projection: Arc<dyn Projection>,
     settings: ProjectorSettings,
     group: String,
-    generation: ActiveGeneration,
+    generations: Generations,
     dlq: DeadLetterKeys,
     routing: StreamRouting,
     leases: PartitionLeases,
     state: Mutex<State>,
     rounds: watch::Sender<Rounds>,
+    /// This process's identity in heartbeats (random per start).
+    instance: String,
 }
 
 impl std::fmt::Debug for Projector {
@@ -117,7 +136,17 @@ impl Projector {
     ) -> Self {
         let module = projection.module();
         let routing = redis.keys.routing(settings.partitions);
-        let generation = ActiveGeneration::new(&redis.keys, module.name, module.projection);
+        // Without a database (tests of the stream side) there is no rebuild: the initial
+        // generation is the active one until a pointer says otherwise.
+        let initial = if pg.is_none() {
+            GenerationState {
+                active: Some(INITIAL_GENERATION),
+                building: None,
+            }
+        } else {
+            GenerationState::default()
+        };
+        let generations = Generations::new(&redis.keys, module.name, module.projection, initial);
         let dlq = DeadLetterKeys::new(&redis.keys, module.projection);
         let leases = PartitionLeases::new(
             &redis.keys,
@@ -132,7 +161,7 @@ impl Projector {
             pg,
             projection,
             settings,
-            generation,
+            generations,
             dlq,
             routing,
             leases,
@@ -141,6 +170,7 @@ impl Projector {
                 status: Status::Running,
                 count: 0,
             }),
+            instance: format!("{:016x}", rand_u64()),
         }
     }
 
@@ -156,10 +186,27 @@ impl Projector {
         self.projection.module().projection
     }
 
-    /// The keys of the generation written now (the active one, as last resolved).
+    /// The keys of the active generation, as last resolved (the initial generation's when
+    /// there is none: what a test reads after building one).
     #[must_use]
     pub fn keys(&self) -> ReadModelKeys {
-        self.generation.keys()
+        self.generations
+            .keys_of(self.generation_state().active.unwrap_or(INITIAL_GENERATION))
+    }
+
+    /// The generations as last resolved.
+    #[must_use]
+    pub fn generation_state(&self) -> GenerationState {
+        let state = self.generations.state();
+        if self.pg.is_none() && state.active.is_none() {
+            // No rebuild without a database: the initial generation serves until a pointer
+            // names another.
+            return GenerationState {
+                active: Some(INITIAL_GENERATION),
+                ..state
+            };
+        }
+        state
     }
 
     /// Where dead letters of this projection go.
@@ -203,6 +250,19 @@ impl Projector {
             .retries
             .settled(e.aggregate_id, e.aggregate_version);
     }
+}
+
+/// A random number from the clock and the process id: enough to tell two processes apart.
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish()
 }
 
 fn rfc3339(t: OffsetDateTime) -> String {

@@ -1,21 +1,41 @@
-//! Building the read model from history: [`Projector::replay`] applies `event_store` through the
-//! same planning and guarded apply as live events, and [`Projector::heal_if_needed`] rebuilds a
-//! read model that is missing, one replica at a time.
+//! Building a generation from history and switching to it.
+//!
+//! A rebuild is an **operation** (a row in `operations`): one replica at a time runs it (the
+//! rebuild lock), recording how far its replay went after every page, so that if it dies
+//! another replica (or the same one, restarted) carries on from there, or starts over when
+//! Redis lost the partial generation. It goes:
+//!
+//! 1. mark the new generation as *building*: from then on every live apply writes it too (the
+//!    apply's generation guard refuses one planned without it), so it misses nothing;
+//! 2. replay `event_store` into it, in one snapshot taken after step 1: whatever commits later
+//!    reaches it through the live path;
+//! 3. switch, atomically: it becomes the active generation, the old one is retired (deleted
+//!    later, in bounded steps), readers move over on their next read. Never before the replay
+//!    is complete, so no reader ever sees a partial generation; and since every event the old
+//!    generation holds is in the new one, no value ever goes backwards.
+//!
+//! Parked aggregates are re-evaluated on the way: the replay applies their events to the new
+//! generation, and those it could apply whole leave the parking at the switch.
 
 use std::time::{Duration, Instant};
 
-use streams::StreamError;
+use outbox::control::ControlStore;
+use outbox::history;
+use outbox::operations::{OperationKind, OperationStore, Progress, Started};
 use streams::read_model::{self, RebuildLock};
+use streams::{ReadModelKeys, StreamError, redis};
 use time::OffsetDateTime;
 
 use super::batch::{Decoded, Input};
-use super::{Projector, ReplayReport, Status, rfc3339};
+use super::targets::Source;
+use super::{Projector, ReplayReport, rfc3339};
+use crate::metrics as m;
 
 /// How long the rebuild lock lives without renewal: a rebuilder that dies frees it this soon.
 const REBUILD_LOCK_TTL: Duration = Duration::from_secs(30);
 
 /// Events read from `event_store` per page of a replay.
-const REPLAY_PAGE: i64 = 1000;
+pub(super) const REPLAY_PAGE: i64 = 1000;
 
 /// Why a replay (or a step that may replay) failed.
 #[derive(Debug, thiserror::Error)]
@@ -29,25 +49,242 @@ pub enum ReplayError {
     /// The projector was built without a database.
     #[error("replay needs the event store: the projector has no database")]
     NoDatabase,
+    /// The generation being built stopped being the one being built (Redis lost it, or the
+    /// build was abandoned): the operation is resumed from the start.
+    #[error("the rebuild was interrupted: {0}")]
+    Interrupted(String),
+}
+
+/// What a call to [`Projector::rebuild`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RebuildOutcome {
+    /// A new generation is active.
+    Switched {
+        /// The generation.
+        generation: i64,
+        /// Events its replay read.
+        events: i64,
+    },
+    /// Another replica holds the rebuild lock: it does the work.
+    Busy,
 }
 
 impl Projector {
-    /// Applies `event_store` (from `after`, exclusive) into the read model: the primitive that
-    /// self-healing, reset and rebuild stand on. No stream is touched; an event that fails is
-    /// dead-lettered at once (its aggregate parked). `progress` is called after every page.
+    /// Applies `event_store` (from `after`, exclusive) to the generations live applies write:
+    /// the primitive under repairs. Version-guarded, so what is there already is a duplicate;
+    /// parked aggregates are left alone; what the projection refuses is dead-lettered.
+    /// `progress` is called after every page.
     ///
     /// # Errors
     /// [`ReplayError`] when PostgreSQL or Redis fails.
     pub async fn replay(
         &self,
         after: i64,
-        mut progress: impl FnMut(&ReplayReport),
+        progress: impl FnMut(&ReplayReport),
     ) -> Result<ReplayReport, ReplayError> {
-        let pool = self.pg.as_ref().ok_or(ReplayError::NoDatabase)?;
-        let mut report = ReplayReport {
-            position: after,
-            ..ReplayReport::default()
+        self.replay_into(after, Source::Repair, progress).await
+    }
+
+    /// Resolves the generations and makes sure a usable read model exists, rebuilding here
+    /// when one is needed (a first start, a lost or half-lost read model, one that contradicts
+    /// itself, an operation left running). Returns `true` while nothing is served and another
+    /// replica is building (the caller must not expect reads to work yet).
+    ///
+    /// # Errors
+    /// [`ReplayError`] when PostgreSQL or Redis fails.
+    pub async fn heal_if_needed(&self) -> Result<bool, ReplayError> {
+        let Some(reason) = self.rebuild_needed().await? else {
+            return Ok(false);
         };
+        match self.rebuild(&reason).await? {
+            RebuildOutcome::Switched { .. } => Ok(false),
+            RebuildOutcome::Busy => Ok(self.generation_state().active.is_none()),
+        }
+    }
+
+    /// Why the read model needs a rebuild now, if it does. Reads the generations, adopts a
+    /// generation built before any pointer existed, and takes a pending inconsistency report.
+    ///
+    /// # Errors
+    /// [`ReplayError`] when PostgreSQL or Redis fails.
+    pub async fn rebuild_needed(&self) -> Result<Option<String>, ReplayError> {
+        self.refresh_generations().await?;
+        let Some(pool) = &self.pg else {
+            return Ok(None);
+        };
+        if let Some(op) = OperationStore::new(pool.clone())
+            .running(self.projection_name())
+            .await?
+        {
+            return Ok(Some(op.reason));
+        }
+        let state = self.generations.state();
+        let mut conn = self.redis.commands.get().await.map_err(StreamError::from)?;
+        let reason = match state.active {
+            None => {
+                // A read model built before generations were recorded (or whose pointer alone
+                // was lost) is adopted if it is whole, instead of being built again.
+                let recorded = ControlStore::new(pool.clone())
+                    .generation(self.projection_name())
+                    .await?;
+                let model = self.generations.keys_of(recorded);
+                if read_model::is_built(&mut conn, &model).await? {
+                    self.generations.activate(&mut conn, recorded).await?;
+                    tracing::info!(
+                        projection = self.projection_name(),
+                        generation = recorded,
+                        "adopted the built read model"
+                    );
+                    None
+                } else {
+                    Some("no read model: a first start, or Redis lost it".to_owned())
+                }
+            }
+            Some(g) => {
+                if read_model::is_built(&mut conn, &self.generations.keys_of(g)).await? {
+                    None
+                } else {
+                    Some(format!(
+                        "the marker of generation {g} is missing: Redis lost some of the read model"
+                    ))
+                }
+            }
+        };
+        let due = self.lock().rebuild_due.take();
+        Ok(reason.or(due))
+    }
+
+    /// Starts (or resumes) the rebuild operation of this projection and runs it to the end
+    /// here: a new generation is built from `event_store` beside the served one and switched
+    /// in. One replica at a time.
+    ///
+    /// # Errors
+    /// [`ReplayError`] when PostgreSQL or Redis fails, or the build was interrupted; the
+    /// operation then stays running, and whoever calls this next resumes it.
+    pub async fn rebuild(&self, reason: &str) -> Result<RebuildOutcome, ReplayError> {
+        if self.pg.is_none() {
+            return Err(ReplayError::NoDatabase);
+        }
+        let lock = RebuildLock::new(
+            &self.redis.keys,
+            self.projection_name(),
+            self.settings.replica.clone(),
+            REBUILD_LOCK_TTL,
+        );
+        {
+            let mut conn = self.redis.commands.get().await.map_err(StreamError::from)?;
+            if !lock.try_acquire(&mut conn).await? {
+                return Ok(RebuildOutcome::Busy);
+            }
+        }
+        // Whatever asked for a rebuild is answered by this one.
+        self.lock().rebuild_due = None;
+        let outcome = self.run_rebuild(reason, &lock).await;
+        if let Ok(mut conn) = self.redis.commands.get().await {
+            let _ = lock.release(&mut conn).await;
+        }
+        outcome
+    }
+
+    /// The next generation number: above every one that exists, existed or is recorded, so a
+    /// build never writes over the leftovers of another.
+    async fn next_generation(&self) -> Result<i64, ReplayError> {
+        let recorded = match &self.pg {
+            Some(pool) => {
+                ControlStore::new(pool.clone())
+                    .generation(self.projection_name())
+                    .await?
+            }
+            None => 0,
+        };
+        let mut conn = self.redis.commands.get().await.map_err(StreamError::from)?;
+        let state = self.generations.refresh(&mut conn).await?;
+        let retired: Vec<String> = redis::cmd("ZRANGE")
+            .arg(self.redis.keys.retired(self.projection_name()))
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut conn)
+            .await
+            .map_err(StreamError::from)?;
+        let highest = retired
+            .iter()
+            .filter_map(|g| g.parse::<i64>().ok())
+            .chain(state.active)
+            .chain(state.building)
+            .chain([recorded])
+            .max()
+            .unwrap_or(0);
+        Ok(highest + 1)
+    }
+
+    async fn run_rebuild(
+        &self,
+        reason: &str,
+        lock: &RebuildLock,
+    ) -> Result<RebuildOutcome, ReplayError> {
+        let pool = self.pg.as_ref().ok_or(ReplayError::NoDatabase)?;
+        let name = self.projection_name();
+        let store = OperationStore::new(pool.clone());
+        let op = match store.running(name).await? {
+            Some(op) => op,
+            None => {
+                let g = self.next_generation().await?;
+                match store
+                    .start(
+                        OperationKind::Rebuild,
+                        name,
+                        reason,
+                        g,
+                        Some(&self.settings.replica),
+                    )
+                    .await?
+                {
+                    Started::New(op) | Started::AlreadyRunning(op) => op,
+                }
+            }
+        };
+        // An operation started elsewhere (an operator's call) leaves the number to the
+        // replica that runs it: 0 means not chosen yet.
+        let b = if op.generation > 0 {
+            op.generation
+        } else {
+            self.next_generation().await?
+        };
+        let model = self.generations.keys_of(b);
+        let retired = self.redis.keys.retired(name);
+        // Carry on where the operation stopped, unless Redis lost what it had built.
+        let (mut position, mut applied) = {
+            let mut conn = self.redis.commands.get().await.map_err(StreamError::from)?;
+            let record: Option<String> = redis::cmd("GET")
+                .arg(model.build_record())
+                .query_async(&mut conn)
+                .await
+                .map_err(StreamError::from)?;
+            let resume = op.position > 0 && record.as_deref() == Some(op.id.to_string().as_str());
+            let () = redis::cmd("SET")
+                .arg(model.build_record())
+                .arg(op.id.to_string())
+                .query_async(&mut conn)
+                .await
+                .map_err(StreamError::from)?;
+            let state = self.generations.refresh(&mut conn).await?;
+            if let Some(other) = state.building.filter(|c| *c != b) {
+                read_model::abandon(&mut conn, &self.generations, &retired, other).await?;
+            }
+            // From here every live apply writes `b` too.
+            self.generations.start_building(&mut conn, b).await?;
+            if resume {
+                (op.position, op.events_applied)
+            } else {
+                (0, 0)
+            }
+        };
+        store
+            .claim(op.id, &self.settings.replica, b, position)
+            .await?;
+        tracing::info!(projection = name, generation = b, operation = %op.id, reason = %op.reason,
+            resumed_at = position, "rebuilding the read model into a new generation");
+        let started = Instant::now();
         let types: Vec<String> = self
             .projection
             .module()
@@ -55,105 +292,121 @@ impl Projector {
             .iter()
             .map(|t| (*t).to_owned())
             .collect();
-        // One snapshot for every page: see `outbox::history` for the gap it prevents.
-        let mut client = pool.get().await.map_err(outbox::OutboxError::from)?;
-        let snapshot = outbox::history::snapshot(&mut client).await?;
-        loop {
-            let page =
-                outbox::history::page(&snapshot, &types, report.position, REPLAY_PAGE).await?;
-            let Some(last) = page.last().map(|(p, _)| *p) else {
-                break;
-            };
-            report.events += page.len() as u64;
-            let inputs = page
-                .into_iter()
-                .map(|(_, e)| Input {
-                    delivery: None,
-                    decoded: Decoded::Event(e),
-                })
-                .collect();
-            report.batch.add(&self.process_inputs(inputs, false).await?);
-            report.position = last;
-            progress(&report);
+        {
+            // One snapshot for every page (see `outbox::history`), taken after `b` became a
+            // written generation: what commits later reaches `b` through the live path.
+            let mut client = pool.get().await.map_err(outbox::OutboxError::from)?;
+            let snapshot = history::snapshot(&mut client).await?;
+            let total = applied + history::count_after(&snapshot, &types, position).await?;
+            loop {
+                let page_started = Instant::now();
+                let page = history::page(&snapshot, &types, position, REPLAY_PAGE).await?;
+                let Some(last) = page.last().map(|(p, _)| *p) else {
+                    break;
+                };
+                let n = page.len();
+                let inputs = page
+                    .into_iter()
+                    .map(|(_, e)| Input {
+                        delivery: None,
+                        decoded: Decoded::Event(e),
+                    })
+                    .collect();
+                let report = self.process_inputs(inputs, Source::Rebuild(b)).await?;
+                if report.not_ready > 0 {
+                    return Err(ReplayError::Interrupted(format!(
+                        "generation {b} is no longer the one being built"
+                    )));
+                }
+                position = last;
+                applied += i64::try_from(n).unwrap_or(i64::MAX);
+                let rate = n as f64 / page_started.elapsed().as_secs_f64().max(1e-6);
+                store
+                    .progress(
+                        op.id,
+                        Progress {
+                            position,
+                            events_applied: applied,
+                            events_total: total.max(applied),
+                            rate,
+                        },
+                    )
+                    .await?;
+                let mut conn = self.redis.commands.get().await.map_err(StreamError::from)?;
+                lock.renew(&mut conn).await?;
+            }
         }
-        Ok(report)
-    }
-
-    /// Resolves the active generation, then, if its read model is missing (no marker: Redis
-    /// lost its data, or this is a first start), rebuilds it from `event_store`, one replica at
-    /// a time; the others wait. Returns `true` while the read model is not ready (the caller
-    /// must not consume).
-    ///
-    /// # Errors
-    /// [`ReplayError`] when PostgreSQL or Redis fails.
-    pub async fn heal_if_needed(&self) -> Result<bool, ReplayError> {
-        let lock = RebuildLock::new(
-            &self.redis.keys,
-            self.projection_name(),
-            self.settings.replica.clone(),
-            REBUILD_LOCK_TTL,
-        );
-        let model = {
+        let info = serde_json::json!({"generation": b, "built_at": rfc3339(OffsetDateTime::now_utc()),
+            "events": applied, "operation": op.id.to_string()});
+        {
             let mut conn = self.redis.commands.get().await.map_err(StreamError::from)?;
-            let before = self.generation.get();
-            let now = self.generation.refresh(&mut conn).await?;
-            if now != before {
-                tracing::info!(
-                    projection = self.projection_name(),
-                    from = before,
-                    to = now,
-                    "active generation changed"
-                );
+            if !read_model::switch(&mut conn, &self.generations, &retired, b, &info.to_string())
+                .await?
+            {
+                return Err(ReplayError::Interrupted(format!(
+                    "generation {b} was no longer the one being built at the switch"
+                )));
             }
-            let model = self.generation.keys();
-            if self.pg.is_none() || read_model::is_built(&mut conn, &model).await? {
-                return Ok(false);
-            }
-            if !lock.try_acquire(&mut conn).await? {
-                return Ok(true);
-            }
-            model
-        };
-        tracing::warn!(
-            projection = self.projection_name(),
-            "read model missing (first start, or Redis lost its data); rebuilding from event_store"
-        );
-        self.heartbeat(Status::Rebuilding).await;
-        self.ensure_groups().await?;
-        let started = Instant::now();
-        let pools = self.redis.clone();
-        let replayed = self
-            .replay(0, |_| {
-                // Keep the rebuild lock while working; best effort, the next page renews again.
-                let (pools, lock) = (pools.clone(), lock.clone());
-                tokio::spawn(async move {
-                    if let Ok(mut c) = pools.commands.get().await {
-                        let _ = lock.renew(&mut c).await;
-                    }
-                });
-            })
+            let _: i64 = redis::cmd("DEL")
+                .arg(model.build_record())
+                .query_async(&mut conn)
+                .await
+                .map_err(StreamError::from)?;
+        }
+        self.refresh_generations().await?;
+        ControlStore::new(pool.clone())
+            .set_generation(name, b)
             .await?;
+        store.finish(op.id, None).await?;
         // Versions were rebuilt: whatever was failing here is settled or will be re-judged
         // against the new read model.
         self.lock().retries.clear();
-        {
-            let mut conn = self.redis.commands.get().await.map_err(StreamError::from)?;
-            let info = serde_json::json!({"generation": model.generation(),
-                "built_at": rfc3339(OffsetDateTime::now_utc()), "events": replayed.events});
-            read_model::mark_built(&mut conn, &model, &info.to_string()).await?;
-            lock.release(&mut conn).await?;
-        }
-        // A long rebuild may have outlived this replica's leases: renew (or learn what moved)
-        // before touching any stream again.
-        self.tick_leases().await?;
+        let unparked = self.unpark_rebuilt(&model).await?;
+        metrics::counter!(m::REBUILDS_TOTAL, "projection" => name).increment(1);
         tracing::info!(
-            projection = self.projection_name(),
-            events = replayed.events,
-            applied = replayed.batch.applied,
-            dead_lettered = replayed.batch.dead_lettered,
+            projection = name,
+            generation = b,
+            events = applied,
+            unparked,
             took_ms = started.elapsed().as_millis() as u64,
-            "read model rebuilt"
+            "read model rebuilt; the new generation is served"
         );
-        Ok(false)
+        Ok(RebuildOutcome::Switched {
+            generation: b,
+            events: applied,
+        })
+    }
+
+    /// Lets parked aggregates whose every dead-lettered event now applied in `model` (a
+    /// rebuilt generation: the projection code was fixed, say) leave the parking, their dead
+    /// letters removed. Returns how many left.
+    async fn unpark_rebuilt(&self, model: &ReadModelKeys) -> Result<usize, StreamError> {
+        use streams::dlq;
+        let mut conn = self.redis.commands.get().await?;
+        let parked = dlq::parked(&mut conn, &self.dlq).await?;
+        let mut unparked = 0;
+        for aggregate in parked.keys().filter_map(|a| uuid::Uuid::parse_str(a).ok()) {
+            let chain = dlq::chain(&mut conn, &self.dlq, aggregate).await?;
+            let mut last = 0;
+            for id in &chain {
+                if let Some(entry) = dlq::get(&mut conn, &self.dlq, id).await? {
+                    let version = events::EventEnvelope::from_json(entry.field("event").as_bytes())
+                        .map_or(i64::MAX, |e| e.aggregate_version);
+                    last = last.max(version);
+                }
+            }
+            let applied =
+                streams::apply::applied_version(&mut conn, &model.versions(), aggregate).await?;
+            if applied < last {
+                continue;
+            }
+            for id in &chain {
+                dlq::remove(&mut conn, &self.dlq, id, Some(aggregate)).await?;
+            }
+            if dlq::unpark_if_empty(&mut conn, &self.dlq, aggregate).await? {
+                unparked += 1;
+            }
+        }
+        Ok(unparked)
     }
 }

@@ -17,9 +17,11 @@ pub struct BatchReport {
     pub dead_lettered: usize,
     /// Entries left alone because this replica lost the partition's lease.
     pub fenced: usize,
-    /// Entries left pending because the read model is missing (Redis lost it): they wait for
-    /// the rebuild instead of using up attempts against an empty model.
+    /// Entries left pending because the read model is missing or contradicts itself (Redis
+    /// lost some of it): they wait for the rebuild instead of using up attempts.
     pub not_ready: usize,
+    /// Events the read model missed, read back from `event_store` and applied first.
+    pub repaired: usize,
 }
 
 impl BatchReport {
@@ -32,6 +34,7 @@ impl BatchReport {
         self.dead_lettered += o.dead_lettered;
         self.fenced += o.fenced;
         self.not_ready += o.not_ready;
+        self.repaired += o.repaired;
     }
 }
 

@@ -1,15 +1,21 @@
-//! The loop of a replica: obey the desired state, keep leases, heal, retry, consume; back off
-//! while Redis is down; on shutdown finish the batch in hand, release the leases and say so.
+//! The loop of a replica: obey the desired state, keep leases, watch the canary, start (or
+//! resume) a rebuild when the read model needs one (it runs beside, on a task of its own, while
+//! this loop keeps applying), retry, consume; back off while Redis is down; on shutdown stop
+//! the rebuild at a page (another replica resumes it), finish the batch in hand, release the
+//! leases and say so.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use outbox::control::DesiredState;
 use resilience::{Backoff, Outage};
 use streams::StreamError;
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::{Projector, ReplayError, Status};
+use super::canary::CANARY_PERIOD;
+use super::{Projector, RebuildOutcome, ReplayError, Status};
 
 impl Projector {
     /// Consumes until `shutdown`, obeying `desired` (running/paused). Redis outages are
@@ -18,7 +24,7 @@ impl Projector {
     /// a peer takes over at once (entries read ahead but not applied stay pending, and the
     /// peer's takeover claims them), and a final heartbeat says `stopped`.
     pub async fn run(
-        &self,
+        self: Arc<Self>,
         mut desired: watch::Receiver<DesiredState>,
         shutdown: CancellationToken,
     ) {
@@ -29,7 +35,9 @@ impl Projector {
         let mut lease_due = Instant::now();
         let mut retry_due = Instant::now();
         let mut slow_due = Instant::now();
+        let mut canary_due = Instant::now();
         let mut heartbeat_due = Instant::now();
+        let mut rebuilding: Option<JoinHandle<()>> = None;
         let mut groups_ready = false;
         let mut nogroup_logged = false;
         let mut status = Status::Running;
@@ -64,14 +72,18 @@ impl Projector {
                 let heal_due = std::mem::take(&mut self.lock().heal_due);
                 if heal_due || Instant::now() >= slow_due {
                     slow_due = Instant::now() + Duration::from_secs(2);
-                    if self.heal_if_needed().await? {
-                        // A peer is rebuilding: check again next round, consume nothing meanwhile.
-                        slow_due = Instant::now();
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                        return Ok(Status::Rebuilding);
+                    if rebuilding.as_ref().is_none_or(JoinHandle::is_finished)
+                        && let Some(reason) = self.rebuild_needed().await?
+                    {
+                        rebuilding = Some(self.spawn_rebuild(reason, shutdown.clone()));
                     }
                     self.observe_lag().await?;
                     self.remove_dead_consumers().await?;
+                    self.delete_retired().await?;
+                }
+                if Instant::now() >= canary_due {
+                    canary_due = Instant::now() + CANARY_PERIOD;
+                    self.check_canary().await?;
                 }
                 if Instant::now() >= retry_due {
                     retry_due = Instant::now() + self.settings.retry_base;
@@ -87,7 +99,13 @@ impl Projector {
                     .block
                     .min(self.settings.retry_base.max(Duration::from_millis(50)) * 5);
                 self.consume_once(Some(block)).await?;
-                Ok(Status::Running)
+                // Nothing is served while there is no active generation (a first start, or
+                // Redis lost the read model): live events go to the one being built.
+                Ok(if self.generation_state().active.is_none() {
+                    Status::Rebuilding
+                } else {
+                    Status::Running
+                })
             }
             .await;
             match step {
@@ -132,6 +150,10 @@ impl Projector {
                 r.count += 1;
             });
         }
+        if let Some(task) = rebuilding {
+            // It stops at its next page; the operation stays running for whoever resumes it.
+            let _ = task.await;
+        }
         if let Ok(mut conn) = self.redis.commands.get().await {
             match self.leases.release_all(&mut conn).await {
                 Ok(()) => tracing::info!(projection = name, "partition leases released"),
@@ -143,5 +165,30 @@ impl Projector {
         self.lock().held.clear();
         self.heartbeat(Status::Stopped).await;
         tracing::info!(projection = name, "projector stopped");
+    }
+
+    /// Runs the rebuild `reason` calls for on a task of its own, until it ends or `shutdown`
+    /// (then the operation stays running and is resumed by whichever replica gets to it).
+    fn spawn_rebuild(
+        self: &Arc<Self>,
+        reason: String,
+        shutdown: CancellationToken,
+    ) -> JoinHandle<()> {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let name = this.projection_name();
+            tokio::select! {
+                outcome = this.rebuild(&reason) => match outcome {
+                    Ok(RebuildOutcome::Switched { .. } | RebuildOutcome::Busy) => {}
+                    Err(e) => {
+                        tracing::warn!(projection = name, error = %resilience::error_chain(&e),
+                            "rebuild interrupted; it resumes from where it stopped")
+                    }
+                },
+                () = shutdown.cancelled() => {
+                    tracing::info!(projection = name, "rebuild stopped for shutdown; another replica resumes it");
+                }
+            }
+        })
     }
 }

@@ -22,6 +22,10 @@ pub struct ProjectorSettings {
     pub retry_base: Duration,
     /// Longest retry delay.
     pub retry_cap: Duration,
+    /// When Redis is found to have gone back in time, how far before the moment it went back
+    /// to the replay of `event_store` starts: it must cover how long an event can take from
+    /// its commit to its apply (relay and projector lag).
+    pub rollback_margin: Duration,
 }
 
 impl ProjectorSettings {
@@ -37,6 +41,7 @@ impl ProjectorSettings {
             max_attempts: 5,
             retry_base: Duration::from_millis(100),
             retry_cap: Duration::from_secs(10),
+            rollback_margin: Duration::from_secs(120),
         }
     }
 

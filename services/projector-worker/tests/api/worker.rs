@@ -62,16 +62,21 @@ async fn task_events_on_every_partition_are_projected_and_shutdown_is_clean() {
             > 1,
         "events spread over partitions"
     );
-    let stats_key = r
-        .pools
-        .keys
-        .read_model("task", 1)
-        .key(&format!("user:{user}:stats"));
+    let generations = streams::Generations::new(
+        &r.pools.keys,
+        "task",
+        "task_projection",
+        streams::GenerationState::default(),
+    );
     eventually(
         Duration::from_secs(10),
         "all twelve tasks counted",
         || async {
             let mut c = r.pools.commands.get().await.ok()?;
+            generations.refresh(&mut *c).await.ok()?;
+            let stats_key = generations
+                .active_keys()?
+                .key(&format!("user:{user}:stats"));
             let total: Option<i64> = redis::cmd("HGET")
                 .arg(&stats_key)
                 .arg("total_tasks")

@@ -2,7 +2,7 @@
 
 use events::ConsistencyToken;
 use reqwest::StatusCode;
-use streams::ActiveGeneration;
+use streams::{GenerationState, Generations};
 use task::domain::{TaskCommand, UpdateTask};
 use uuid::Uuid;
 
@@ -28,7 +28,12 @@ async fn a_switch_of_the_active_generation_is_followed_without_a_restart() {
             ..UpdateTask::default()
         }),
     );
-    let pointer = ActiveGeneration::new(&app.redis.pools.keys, "task", "task_projection");
+    let pointer = Generations::new(
+        &app.redis.pools.keys,
+        "task",
+        "task_projection",
+        GenerationState::default(),
+    );
     {
         let mut conn = app.redis.pools.commands.get().await.expect("redis");
         pointer.activate(&mut conn, 2).await.expect("switch");
@@ -71,4 +76,42 @@ async fn a_switch_of_the_active_generation_is_followed_without_a_restart() {
     assert!(v1.contains("\"Read\""), "{v1}");
     let (_, _, stats) = app.get(user, "/v1/me/task-stats", &[]).await;
     assert_eq!(stats["total_tasks"], 1);
+}
+
+#[tokio::test]
+async fn with_no_usable_generation_reads_answer_503_never_a_false_404_or_zeros() {
+    let mut app = spawn_app().await;
+    let user = Uuid::now_v7();
+    let (task, created) = app.create_event(user, "Read");
+    app.publish(&[created]).await;
+    app.project().await;
+    // Redis loses everything of the read model, its pointer included.
+    app.redis.flush_prefix().await;
+    for path in [
+        format!("/v1/tasks/{}", task.id),
+        "/v1/me/task-stats".to_owned(),
+        "/v1/me/tasks".to_owned(),
+    ] {
+        let (status, headers, body) = app.get(user, &path, &[]).await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (StatusCode::SERVICE_UNAVAILABLE, Some("unavailable")),
+            "{path}: {body}"
+        );
+        assert!(headers.contains_key("retry-after"), "{path}");
+    }
+    // Once a generation is served again, so are reads.
+    let pointer = Generations::new(
+        &app.redis.pools.keys,
+        "task",
+        "task_projection",
+        GenerationState::default(),
+    );
+    let mut conn = app.redis.pools.commands.get().await.expect("redis");
+    pointer.activate(&mut conn, 1).await.expect("activate");
+    let (status, _, stats) = app.get(user, "/v1/me/task-stats", &[]).await;
+    assert_eq!(
+        (status, stats["total_tasks"].as_i64()),
+        (StatusCode::OK, Some(0))
+    );
 }

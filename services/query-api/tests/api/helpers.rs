@@ -17,6 +17,7 @@ use service_kit::http::auth::JwtKeys;
 use service_kit::settings::{JwtArgs, PostgresArgs, RedisArgs, ShutdownArgs, TelemetryArgs};
 use service_kit::startup::App as _;
 use streams::publisher::{self, StreamEntry};
+use streams::{GenerationState, Generations};
 use task::Task;
 use task::domain::{CreateTask, TaskCommand, TaskType, decide, decide_create};
 use test_kit::{TestDb, TestRedis};
@@ -68,6 +69,18 @@ pub async fn spawn_app() -> TestApp {
     );
     projector.ensure_groups().await.expect("groups");
     projector.tick_leases().await.expect("leases");
+    // The projector has no database, so it builds nothing: generation 1 is served from the
+    // start, as a built read model would be.
+    {
+        let generations = Generations::new(
+            &redis.pools.keys,
+            "task",
+            "task_projection",
+            GenerationState::default(),
+        );
+        let mut conn = redis.pools.commands.get().await.expect("redis");
+        generations.activate(&mut conn, 1).await.expect("activate");
+    }
     TestApp {
         base,
         redis,

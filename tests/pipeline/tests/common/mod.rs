@@ -12,7 +12,7 @@ use rand::rngs::StdRng;
 use rand::{RngExt as _, SeedableRng as _};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use streams::ActiveGeneration;
+use streams::{GenerationState, Generations};
 use test_kit::process::{Service, binary};
 use test_kit::{TestDb, TestRedis};
 use uuid::Uuid;
@@ -265,15 +265,29 @@ impl Pipeline {
         };
         let mut busy = vec![];
         for spec in modules::specs() {
-            let generation = ActiveGeneration::new(&pools.keys, spec.name, spec.projection);
-            if let Err(e) = generation.refresh(&mut *conn).await {
-                return Some(format!("{}: generation: {e}", spec.name));
+            let generations = Generations::new(
+                &pools.keys,
+                spec.name,
+                spec.projection,
+                GenerationState::default(),
+            );
+            match generations.refresh(&mut *conn).await {
+                Err(e) => return Some(format!("{}: generations: {e}", spec.name)),
+                Ok(GenerationState {
+                    building: Some(b), ..
+                }) => busy.push(format!("{}: generation {b} being built", spec.name)),
+                Ok(_) => {}
             }
-            if !streams::read_model::is_built(&mut *conn, &generation.keys())
-                .await
-                .unwrap_or(false)
-            {
-                busy.push(format!("{}: read model marker missing", spec.name));
+            match generations.active_keys() {
+                None => busy.push(format!("{}: no generation served", spec.name)),
+                Some(model) => {
+                    if !streams::read_model::is_built(&mut *conn, &model)
+                        .await
+                        .unwrap_or(false)
+                    {
+                        busy.push(format!("{}: read model marker missing", spec.name));
+                    }
+                }
             }
             for stream in pools.keys.routing(self.partitions).streams(spec.name) {
                 match streams::consumer::groups(&mut *conn, &stream).await {
