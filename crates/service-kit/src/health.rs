@@ -112,6 +112,29 @@ impl Health {
         )
     }
 
+    /// Adds a check that Redis never evicts keys (`maxmemory-policy noeviction`): a read
+    /// model, or a stream entry not yet applied, that Redis evicts is lost without a trace. Any
+    /// other policy is logged as an error once, at start, and keeps `/readyz` failing. A server
+    /// that refuses `CONFIG GET` passes.
+    #[must_use]
+    pub fn with_redis_noeviction(self, pools: streams::RedisPools) -> Self {
+        self.with_check(
+            "redis_eviction",
+            Arc::new(move || {
+                let pools = pools.clone();
+                Box::pin(async move {
+                    match pools.eviction_policy().await {
+                        Ok(Some(policy)) if policy != "noeviction" => {
+                            Err(eviction_message(&policy))
+                        }
+                        Ok(_) => Ok(()),
+                        Err(e) => Err(resilience::error_chain(&e)),
+                    }
+                })
+            }),
+        )
+    }
+
     /// Marks the process as draining: `/readyz` answers 503 from now on, so load balancers stop
     /// sending work while in-flight work finishes.
     pub fn set_draining(&self) {
@@ -148,6 +171,16 @@ impl Health {
             checks,
         }
     }
+}
+
+/// What to tell an operator about a Redis that may evict keys.
+#[must_use]
+pub fn eviction_message(policy: &str) -> String {
+    format!(
+        "Redis maxmemory-policy is {policy}: set it to noeviction (CONFIG SET maxmemory-policy \
+         noeviction, and in redis.conf), or Redis may drop read models and unapplied stream \
+         entries when it runs out of memory"
+    )
 }
 
 async fn healthz(health: web::Data<Health>) -> HttpResponse {

@@ -87,6 +87,27 @@ impl RedisPools {
         })
     }
 
+    /// Redis's `maxmemory-policy`; `None` when the server refuses `CONFIG GET` (managed
+    /// services often rename it), which says nothing either way.
+    ///
+    /// # Errors
+    /// [`StreamError::Unavailable`] when Redis does not answer.
+    pub async fn eviction_policy(&self) -> Result<Option<String>, StreamError> {
+        let mut conn = self.commands.get().await?;
+        let reply: Result<Vec<String>, _> = deadpool_redis::redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("maxmemory-policy")
+            .query_async(&mut conn)
+            .await;
+        match reply {
+            Ok(v) => Ok(v.into_iter().nth(1)),
+            Err(e) => match StreamError::from(e) {
+                StreamError::Redis(_) => Ok(None),
+                other => Err(other),
+            },
+        }
+    }
+
     /// `PING`: the readiness probe.
     ///
     /// # Errors

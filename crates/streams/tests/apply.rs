@@ -523,3 +523,128 @@ async fn an_error_no_check_foresaw_stays_with_its_own_event() {
         );
     }
 }
+
+/// A target writing `v` = `value` into generation `g` under `r`'s prefix.
+fn target(r: &TestRedis, g: i64, value: &str, marker: bool) -> streams::Target {
+    let base = format!("{}g{g}:", r.prefix);
+    streams::Target {
+        versions_key: format!("{base}versions"),
+        marker: marker.then(|| format!("{base}marker")),
+        ops: vec![Op::Set {
+            key: format!("{base}v"),
+            value: value.into(),
+        }],
+    }
+}
+
+async fn version(r: &TestRedis, g: i64, a: Uuid) -> Option<String> {
+    let mut c = r.pools.commands.get().await.expect("conn");
+    redis::cmd("HGET")
+        .arg(format!("{}g{g}:versions", r.prefix))
+        .arg(a.to_string())
+        .query_async(&mut c)
+        .await
+        .expect("hget")
+}
+
+#[tokio::test]
+async fn an_event_goes_to_every_generation_all_or_nothing() {
+    let r = TestRedis::new().await;
+    let a = Uuid::now_v7();
+    let mut c = r.pools.commands.get().await.expect("conn");
+    let two = |version: i64, value: &str| ApplyItem {
+        targets: vec![target(&r, 1, value, false), target(&r, 2, value, false)],
+        ..ApplyItem::new(String::new(), a, version, vec![])
+    };
+    // Both generations take version 1.
+    let out = apply_batch(&mut *c, &[two(1, "one")]).await.expect("apply");
+    assert_eq!(out, vec![ApplyOutcome::Applied]);
+    assert_eq!(
+        (version(&r, 1, a).await, version(&r, 2, a).await),
+        (Some("1".into()), Some("1".into()))
+    );
+    // Generation 2 misses version 2 (a build catching up): version 3 goes nowhere, not even to
+    // generation 1, which could take it.
+    let only_first = ApplyItem {
+        targets: vec![target(&r, 1, "two", false)],
+        ..ApplyItem::new(String::new(), a, 2, vec![])
+    };
+    apply_batch(&mut *c, &[only_first]).await.expect("apply");
+    let out = apply_batch(&mut *c, &[two(3, "three")])
+        .await
+        .expect("apply");
+    assert_eq!(
+        out,
+        vec![ApplyOutcome::Gap { current: 1 }],
+        "the gap of the generation that has it"
+    );
+    assert_eq!(version(&r, 1, a).await.as_deref(), Some("2"));
+    assert_eq!(
+        get(&r, &format!("{}g1:v", r.prefix)).await.as_deref(),
+        Some("two")
+    );
+    // Once generation 2 has version 2, version 3 applies in both; a duplicate where present.
+    let catch_up = ApplyItem {
+        targets: vec![target(&r, 2, "two", false)],
+        ..ApplyItem::new(String::new(), a, 2, vec![])
+    };
+    apply_batch(&mut *c, &[catch_up]).await.expect("apply");
+    let out = apply_batch(&mut *c, &[two(3, "three"), two(3, "three")])
+        .await
+        .expect("apply");
+    assert_eq!(
+        out,
+        vec![
+            ApplyOutcome::Applied,
+            ApplyOutcome::Duplicate { current: 3 }
+        ]
+    );
+    assert_eq!(
+        get(&r, &format!("{}g2:v", r.prefix)).await.as_deref(),
+        Some("three")
+    );
+}
+
+#[tokio::test]
+async fn an_apply_planned_for_other_generations_or_a_model_without_its_marker_writes_nothing() {
+    let r = TestRedis::new().await;
+    let a = Uuid::now_v7();
+    let mut c = r.pools.commands.get().await.expect("conn");
+    let pointer = format!("{}pointer", r.prefix);
+    let guarded = |active: Option<i64>, building: Option<i64>| ApplyItem {
+        targets: vec![target(&r, 1, "x", false)],
+        guard: Some(streams::GenerationGuard {
+            key: pointer.clone(),
+            expected: streams::GenerationState { active, building },
+        }),
+        ..ApplyItem::new(String::new(), a, 1, vec![])
+    };
+    let _: i64 = redis::cmd("HSET")
+        .arg(&pointer)
+        .arg("active")
+        .arg(1)
+        .arg("building")
+        .arg(2)
+        .query_async(&mut *c)
+        .await
+        .expect("hset");
+    // Planned before the build began: refused, so generation 2 cannot miss it.
+    let out = apply_batch(&mut *c, &[guarded(Some(1), None)])
+        .await
+        .expect("apply");
+    assert_eq!(out, vec![ApplyOutcome::Moved]);
+    assert_eq!(version(&r, 1, a).await, None);
+    // The served generation lost its marker: held back, nothing written, not acknowledged.
+    let marked = ApplyItem {
+        targets: vec![target(&r, 1, "x", true)],
+        ..guarded(Some(1), Some(2))
+    };
+    let out = apply_batch(&mut *c, &[marked.clone()])
+        .await
+        .expect("apply");
+    assert_eq!(out, vec![ApplyOutcome::NotReady]);
+    assert_eq!(version(&r, 1, a).await, None);
+    raw_set(&mut *c, &format!("{}g1:marker", r.prefix), "{}").await;
+    let out = apply_batch(&mut *c, &[marked]).await.expect("apply");
+    assert_eq!(out, vec![ApplyOutcome::Applied]);
+}

@@ -67,6 +67,10 @@ pub struct Settings {
     /// Longest retry delay, milliseconds.
     #[arg(long, env = "PROJECTOR_RETRY_CAP_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     pub projector_retry_cap_ms: u64,
+    /// When Redis went back in time, how far before that moment the replay of event_store
+    /// starts, milliseconds: above the longest commit → applied lag you expect.
+    #[arg(long, env = "PROJECTOR_ROLLBACK_MARGIN_MS", default_value_t = 120_000, value_parser = clap::value_parser!(u64).range(0..=86_400_000))]
+    pub projector_rollback_margin_ms: u64,
 }
 
 /// A built worker.
@@ -107,6 +111,7 @@ impl Application {
                     max_attempts: settings.projector_max_attempts,
                     retry_base: Duration::from_millis(settings.projector_retry_base_ms),
                     retry_cap: Duration::from_millis(settings.projector_retry_cap_ms),
+                    rollback_margin: Duration::from_millis(settings.projector_rollback_margin_ms),
                     ..ProjectorSettings::new(replica.clone())
                 };
                 Arc::new(Projector::new(
@@ -116,10 +121,21 @@ impl Application {
                     s,
                 ))
             })
-            .collect();
+            .collect::<Vec<Arc<Projector>>>();
+        // Two live processes under one name would share a consumer and the leases.
+        if let Some(first) = projectors.first() {
+            first.ensure_sole_replica().await?;
+        }
+        if let Ok(Some(policy)) = redis.eviction_policy().await
+            && policy != "noeviction"
+        {
+            tracing::error!(setting = "maxmemory-policy", policy = %policy,
+                "{}", service_kit::health::eviction_message(&policy));
+        }
         let health = Health::new("projector-worker")
             .with_postgres(pool.clone())
-            .with_redis(redis);
+            .with_redis(redis.clone())
+            .with_redis_noeviction(redis);
         let options = ServerOptions {
             workers: Some(1),
             grace: settings.shutdown.grace(),

@@ -10,10 +10,6 @@ use streams::{StreamError, consumer};
 use super::{Projector, Status};
 use crate::metrics as m;
 
-/// How long a retired generation stays before it is deleted: readers that were reading it
-/// when the switch happened (a list's second round trip) are done by then.
-const RETIRED_GRACE: Duration = Duration::from_secs(10);
-
 /// Keys deleted per step of a retired generation's deletion: bounded, so Redis serves others
 /// in between.
 const RETIRED_STEP: usize = 1000;
@@ -170,7 +166,7 @@ impl Projector {
             &mut conn,
             &self.generations,
             &self.redis.keys.retired(self.projection_name()),
-            RETIRED_GRACE,
+            self.settings.retired_grace,
             RETIRED_STEP,
         )
         .await

@@ -17,7 +17,7 @@
 //! Parked aggregates are re-evaluated on the way: the replay applies their events to the new
 //! generation, and those it could apply whole leave the parking at the switch.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use outbox::control::ControlStore;
 use outbox::history;
@@ -30,9 +30,6 @@ use super::batch::{Decoded, Input};
 use super::targets::Source;
 use super::{Projector, ReplayReport, rfc3339};
 use crate::metrics as m;
-
-/// How long the rebuild lock lives without renewal: a rebuilder that dies frees it this soon.
-const REBUILD_LOCK_TTL: Duration = Duration::from_secs(30);
 
 /// Events read from `event_store` per page of a replay.
 pub(super) const REPLAY_PAGE: i64 = 1000;
@@ -169,7 +166,7 @@ impl Projector {
             &self.redis.keys,
             self.projection_name(),
             self.settings.replica.clone(),
-            REBUILD_LOCK_TTL,
+            self.settings.rebuild_lock_ttl,
         );
         {
             let mut conn = self.redis.commands.get().await.map_err(StreamError::from)?;

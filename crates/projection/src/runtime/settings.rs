@@ -26,6 +26,13 @@ pub struct ProjectorSettings {
     /// to the replay of `event_store` starts: it must cover how long an event can take from
     /// its commit to its apply (relay and projector lag).
     pub rollback_margin: Duration,
+    /// How long a generation stays after it stopped being served before it is deleted:
+    /// readers that were reading it at the switch (a list's second round trip) are done by
+    /// then.
+    pub retired_grace: Duration,
+    /// How long the rebuild lock lives without renewal (renewed after every page): a
+    /// rebuilder that dies frees it this soon, and another replica resumes its work.
+    pub rebuild_lock_ttl: Duration,
 }
 
 impl ProjectorSettings {
@@ -42,6 +49,8 @@ impl ProjectorSettings {
             retry_base: Duration::from_millis(100),
             retry_cap: Duration::from_secs(10),
             rollback_margin: Duration::from_secs(120),
+            retired_grace: Duration::from_secs(10),
+            rebuild_lock_ttl: Duration::from_secs(30),
         }
     }
 

@@ -36,6 +36,7 @@ pub fn settings(db: &TestDb, redis: &TestRedis, partitions: u32) -> Settings {
         projector_max_attempts: 5,
         projector_retry_base_ms: 100,
         projector_retry_cap_ms: 10_000,
+        projector_rollback_margin_ms: 120_000,
     }
 }
 
