@@ -639,7 +639,7 @@ async fn an_apply_planned_for_other_generations_or_a_model_without_its_marker_wr
         targets: vec![target(&r, 1, "x", true)],
         ..guarded(Some(1), Some(2))
     };
-    let out = apply_batch(&mut *c, &[marked.clone()])
+    let out = apply_batch(&mut *c, std::slice::from_ref(&marked))
         .await
         .expect("apply");
     assert_eq!(out, vec![ApplyOutcome::NotReady]);
