@@ -188,6 +188,14 @@ impl Service {
         self.child = start(&self.path, &self.env, &self.log);
     }
 
+    /// Changes one setting for the next start (say, the Redis a restart connects to).
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        match self.env.iter_mut().find(|(k, _)| k == key) {
+            Some((_, v)) => *v = value.to_owned(),
+            None => self.env.push((key.to_owned(), value.to_owned())),
+        }
+    }
+
     /// Starts the same binary again on the same port and settings.
     pub fn restart(&mut self) {
         self.child = start(&self.path, &self.env, &self.log);

@@ -135,6 +135,8 @@ pub struct PrivateRedis {
     pub port: u16,
     dir: PathBuf,
     persistent: bool,
+    /// `--replicaof` arguments, for a replica.
+    replica_of: Option<u16>,
     child: Option<Child>,
 }
 
@@ -151,10 +153,77 @@ impl PrivateRedis {
             port,
             dir,
             persistent,
+            replica_of: None,
             child: None,
         };
         r.start_again().await;
         r
+    }
+
+    /// Starts a replica of `primary` (asynchronous replication, as Redis does it), without
+    /// persistence, and waits until it is in sync.
+    ///
+    /// # Panics
+    /// When it does not start or sync.
+    pub async fn start_replica_of(primary: &Self) -> Self {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("cqrs-redis-{port}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let mut r = Self {
+            port,
+            dir,
+            persistent: false,
+            replica_of: Some(primary.port),
+            child: None,
+        };
+        r.start_again().await;
+        for _ in 0..200 {
+            if r.info("replication")
+                .await
+                .contains("master_link_status:up")
+            {
+                return r;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("replica on {port} did not sync with {}", primary.port);
+    }
+
+    /// A section of `INFO`.
+    ///
+    /// # Panics
+    /// When the server does not answer.
+    pub async fn info(&self, section: &str) -> String {
+        let client = deadpool_redis::redis::Client::open(self.url()).expect("url");
+        let mut c = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect");
+        deadpool_redis::redis::cmd("INFO")
+            .arg(section)
+            .query_async(&mut c)
+            .await
+            .expect("info")
+    }
+
+    /// Makes a replica a primary of its own (`REPLICAOF NO ONE`): from now on it misses
+    /// whatever its former primary is written.
+    ///
+    /// # Panics
+    /// When the server does not answer.
+    pub async fn detach(&mut self) {
+        let client = deadpool_redis::redis::Client::open(self.url()).expect("url");
+        let mut c = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect");
+        let _: String = deadpool_redis::redis::cmd("REPLICAOF")
+            .arg("NO")
+            .arg("ONE")
+            .query_async(&mut c)
+            .await
+            .expect("replicaof no one");
+        self.replica_of = None;
     }
 
     /// `redis://127.0.0.1:<port>`.
@@ -187,6 +256,13 @@ impl PrivateRedis {
             ])
             .args(["--appendonly", aof, "--appendfsync", "always", "--dir"])
             .arg(&self.dir)
+            .args(self.replica_of.iter().flat_map(|p| {
+                [
+                    "--replicaof".to_owned(),
+                    "127.0.0.1".to_owned(),
+                    p.to_string(),
+                ]
+            }))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .kill_on_drop(true)

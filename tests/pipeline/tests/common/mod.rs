@@ -278,6 +278,24 @@ impl Pipeline {
                 }) => busy.push(format!("{}: generation {b} being built", spec.name)),
                 Ok(_) => {}
             }
+            // Redis behind the canary PostgreSQL recorded: it went back in time, and what it
+            // lost is not replayed yet.
+            let recorded = outbox::control::ControlStore::new(self.db.pool.clone())
+                .canary(spec.projection)
+                .await
+                .map(|c| c.epoch)
+                .unwrap_or(0);
+            let held = streams::read_model::canary(&mut *conn, &pools.keys.canary(spec.projection))
+                .await
+                .ok()
+                .flatten()
+                .map_or(0, |(epoch, _)| epoch);
+            if held < recorded {
+                busy.push(format!(
+                    "{}: Redis is at canary {held}, PostgreSQL recorded {recorded}",
+                    spec.name
+                ));
+            }
             match generations.active_keys() {
                 None => busy.push(format!("{}: no generation served", spec.name)),
                 Some(model) => {
@@ -399,6 +417,86 @@ impl Pipeline {
                 );
             }
         }
+    }
+
+    /// Dead letters of every projection (what the read side treated as poison).
+    pub async fn dead_letters(&self) -> usize {
+        let pools = self.redis_pools();
+        let mut c = pools.commands.get().await.expect("redis");
+        let mut n = 0;
+        for spec in modules::specs() {
+            let keys = streams::dlq::DeadLetterKeys::new(&pools.keys, spec.projection);
+            let len: usize = streams::redis::cmd("XLEN")
+                .arg(&keys.stream)
+                .query_async(&mut *c)
+                .await
+                .expect("xlen");
+            n += len;
+        }
+        n
+    }
+
+    /// The names of the services whose name starts with `kind`.
+    pub fn named(&self, kind: &str) -> Vec<String> {
+        self.services
+            .keys()
+            .filter(|k| k.starts_with(kind))
+            .cloned()
+            .collect()
+    }
+
+    /// SIGKILLs the services named and starts them again with `REDIS_URL` = `url`: the
+    /// deployment moving to another Redis (a failover).
+    pub async fn move_to_redis(&mut self, url: &str) {
+        let names: Vec<String> = self
+            .services
+            .keys()
+            .filter(|k| !k.starts_with("command-api"))
+            .cloned()
+            .collect();
+        for name in &names {
+            let svc = self.services.get_mut(name).expect("service");
+            svc.kill().await;
+            svc.set_env("REDIS_URL", url);
+            svc.restart();
+        }
+        for name in &names {
+            let svc = self.services.get_mut(name).expect("service");
+            svc.wait_ready(Duration::from_secs(30)).await;
+        }
+        self.redis_url = url.to_owned();
+    }
+
+    /// Writes `n` tasks of `user` straight into PostgreSQL, each with its `task.created` in
+    /// `event_store` (and no outbox row: history that predates the streams), in one statement:
+    /// a large history in no time.
+    pub async fn seed_history(&self, user: Uuid, n: i64) {
+        let c = self.db.pool.get().await.expect("client");
+        c.execute(
+            "WITH t AS (
+                 SELECT gen_random_uuid() AS id, i,
+                        date_trunc('milliseconds', now()) - make_interval(secs => i / 1000.0) AS at
+                 FROM generate_series(1, $2::bigint) AS i
+             ), ins AS (
+                 INSERT INTO tasks (id, user_id, title, type, tags, estimated_minutes, priority,
+                                    difficulty, status, created_at, updated_at, version)
+                 SELECT id, $1, 'seed ' || i, 'learning', '{}', 30, 3, 1, 'pending', at, at, 1
+                 FROM t
+                 RETURNING id, title, created_at
+             )
+             INSERT INTO event_store (event_id, event_type, schema_version, aggregate_type,
+                                      aggregate_id, aggregate_version, occurred_at, payload, metadata)
+             SELECT gen_random_uuid(), 'task.created', 1, 'Task', id, 1, created_at,
+                    jsonb_build_object('user_id', $1, 'title', title, 'type', 'learning',
+                        'tags', '[]'::jsonb, 'estimated_minutes', 30, 'priority', 3,
+                        'difficulty', 1, 'due_date', null),
+                    jsonb_build_object('user_id', $1, 'correlation_id', null,
+                        'causation_id', null, 'source', 'seed')
+             FROM ins",
+            &[&user, &n],
+        )
+        .await
+        .expect("seed");
     }
 
     /// SIGTERMs every service; each must exit 0 without logging an error.
