@@ -7,7 +7,7 @@ help:
 	@echo "make migrate  apply migrations to DATABASE_URL / DATABASE_SCHEMA"
 	@echo "make fmt      format the code"
 	@echo "make lint     rustfmt check + clippy with warnings as errors"
-	@echo "make bench    relay and projector throughput and latency next to this machine's limits (release)"
+	@echo "make bench    relay, projector and self-repair throughput and latency next to this machine's limits (release)"
 	@echo "make soak     10 minutes of steady load: storage and memory must stay flat"
 	@echo "make chaos    the long chaos profiles (relays killed under 50k events, projectors under 20k commands)"
 
@@ -44,6 +44,7 @@ bench:
 	cargo build --release -q -p outbox-relay -p projector-worker -p command-api -p query-api -p bench
 	target/release/relay-bench
 	target/release/projector-bench
+	target/release/repair-bench
 
 # The chaos tests at full size (CI runs a short profile of the same tests).
 chaos:

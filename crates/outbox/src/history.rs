@@ -56,6 +56,52 @@ pub async fn page(
     Ok(rows.iter().map(|r| (r.get(0), envelope(r))).collect())
 }
 
+/// Writes `events` into `event_store` only (no outbox row, no notification): history that
+/// predates the streams, for imports, benchmarks and tests. Returns how many were written.
+///
+/// # Errors
+/// [`OutboxError::Conflict`] when one of them exists already; others when PostgreSQL fails.
+pub async fn import(
+    client: &impl GenericClient,
+    events: &[EventEnvelope],
+) -> Result<u64, OutboxError> {
+    let mut written = 0;
+    for chunk in events.chunks(5000) {
+        let ids: Vec<Uuid> = chunk.iter().map(|e| e.event_id).collect();
+        let types: Vec<&str> = chunk.iter().map(|e| e.event_type.as_str()).collect();
+        let schema_versions: Vec<i32> = chunk.iter().map(|e| e.schema_version).collect();
+        let aggregate_types: Vec<&str> = chunk.iter().map(|e| e.aggregate_type.as_str()).collect();
+        let aggregate_ids: Vec<Uuid> = chunk.iter().map(|e| e.aggregate_id).collect();
+        let versions: Vec<i64> = chunk.iter().map(|e| e.aggregate_version).collect();
+        let occurred: Vec<OffsetDateTime> = chunk.iter().map(|e| e.occurred_at).collect();
+        let payloads: Vec<&serde_json::Value> = chunk.iter().map(|e| &e.payload).collect();
+        let metadata: Vec<serde_json::Value> = chunk
+            .iter()
+            .map(|e| serde_json::to_value(&e.metadata).unwrap_or_default())
+            .collect();
+        written += client
+            .execute(
+                "INSERT INTO event_store (event_id, event_type, schema_version, aggregate_type,
+                                          aggregate_id, aggregate_version, occurred_at, payload, metadata)
+                 SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::int[], $4::text[], $5::uuid[],
+                                      $6::bigint[], $7::timestamptz[], $8::jsonb[], $9::jsonb[])",
+                &[
+                    &ids,
+                    &types,
+                    &schema_versions,
+                    &aggregate_types,
+                    &aggregate_ids,
+                    &versions,
+                    &occurred,
+                    &payloads,
+                    &metadata,
+                ],
+            )
+            .await?;
+    }
+    Ok(written)
+}
+
 /// How many events of `aggregate_types` lie after `position` `after` in `snapshot`: a
 /// replay's total, for its progress.
 ///

@@ -92,24 +92,27 @@ local function read(cmd, key, ...)
   if type(got) == 'table' and got.err then return nil, key .. ': ' .. got.err end
   return got, nil
 end
+-- Per target of the item at hand, reused from item to item (no table per item: every
+-- allocation here costs every event): versions key, marker index, first op, op count, and
+-- whether the target takes the item.
+local tv, tm, tf, tn, tt = {}, {}, {}, {}, {}
 local i = 2
 for item = 1, tonumber(ARGV[1]) do
   local aggregate, version = ARGV[i], tonumber(ARGV[i + 1])
   local stream, group, entry = tonumber(ARGV[i + 2]), ARGV[i + 3], ARGV[i + 4]
   local lease, owner = tonumber(ARGV[i + 5]), ARGV[i + 6]
   local guard, active, building = tonumber(ARGV[i + 7]), ARGV[i + 8], ARGV[i + 9]
-  local targets = {}
+  local count = tonumber(ARGV[i + 10])
   i = i + 11
-  for t = 1, tonumber(ARGV[i - 1]) do
-    local versions, marker, n = tonumber(ARGV[i]), tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
-    local first = i + 3
-    i = first
+  for t = 1, count do
+    local n = tonumber(ARGV[i + 2])
+    tv[t], tm[t], tf[t], tn[t] = KEYS[tonumber(ARGV[i])], tonumber(ARGV[i + 1]), i + 3, n
+    i = i + 3
     for _ = 1, n do
       local a = arity[ARGV[i]]
       if a == nil then return redis.error_reply('unknown op ' .. tostring(ARGV[i])) end
       i = i + 2 + a
     end
-    targets[t] = {versions = KEYS[versions], marker = marker, first = first, n = n}
   end
   local refused, reply = nil, nil
   if lease > 0 then
@@ -136,33 +139,34 @@ for item = 1, tonumber(ARGV[1]) do
     end
   end
   if not refused and not reply then
-    for _, t in ipairs(targets) do
-      if t.marker > 0 then
-        if markers[t.marker] == nil then
-          markers[t.marker] = redis.call('EXISTS', KEYS[t.marker]) == 1
-        end
-        if not markers[t.marker] then reply = {NOT_READY, 0} end
+    for t = 1, count do
+      local m = tm[t]
+      if m > 0 then
+        if markers[m] == nil then markers[m] = redis.call('EXISTS', KEYS[m]) == 1 end
+        if not markers[m] then reply = {NOT_READY, 0} end
       end
     end
   end
   -- Each target's applied version decides what the item does there; a gap anywhere holds the
   -- whole item back, so no generation ever gets ahead of another.
-  local todo, current_first = {}, nil
+  local takers, current_first = 0, nil
   if not refused and not reply then
-    for _, t in ipairs(targets) do
-      local got, err = read('HGET', t.versions, aggregate)
+    for t = 1, count do
+      local got, err = read('HGET', tv[t], aggregate)
       local current = not err and tonumber(got or '0') or nil
+      tt[t] = false
       if err then
         refused = err
+        break
       elseif current == nil then
-        refused = 'the applied version of ' .. aggregate .. ' in ' .. t.versions .. ' is not a number'
+        refused = 'the applied version of ' .. aggregate .. ' in ' .. tv[t] .. ' is not a number'
+        break
       elseif version > current + 1 then
         reply = reply or {GAP, current}
       elseif version == current + 1 then
-        todo[#todo + 1] = t
+        tt[t], takers = true, takers + 1
       end
-      if current_first == nil then current_first = current end
-      if refused then break end
+      current_first = current_first or current
     end
   end
   if refused then
@@ -171,18 +175,20 @@ for item = 1, tonumber(ARGV[1]) do
     out[item] = reply
   else
     local unfit = nil
-    for _, t in ipairs(todo) do
-      unfit = unfit or check(t.first, t.n)
+    for t = 1, count do
+      if tt[t] and not unfit then unfit = check(tf[t], tn[t]) end
     end
     if unfit then
       out[item] = {REFUSED, unfit}
     else
-      for _, t in ipairs(todo) do
-        write(t.first, t.n)
-        redis.call('HSET', t.versions, aggregate, version)
+      for t = 1, count do
+        if tt[t] then
+          write(tf[t], tn[t])
+          redis.call('HSET', tv[t], aggregate, version)
+        end
       end
       if stream > 0 then redis.call('XACK', KEYS[stream], group, entry) end
-      if #todo > 0 then
+      if takers > 0 then
         out[item] = {APPLIED, version}
       else
         out[item] = {DUPLICATE, current_first or 0}

@@ -188,18 +188,23 @@ pub(crate) fn plan_targets(
     events: &[&EventEnvelope],
     loaded: Loaded,
 ) -> (Vec<Step>, Vec<Missing>) {
-    let per_target: Vec<Vec<PlanOutcome>> = targets
+    let mut per_target: Vec<std::vec::IntoIter<PlanOutcome>> = targets
         .list
         .iter()
         .zip(loaded.models)
-        .map(|(t, (versions, mut view))| plan(projection, &t.keys, events, &versions, &mut view))
+        .map(|(t, (versions, mut view))| {
+            plan(projection, &t.keys, events, &versions, &mut view).into_iter()
+        })
         .collect();
     let mut missing = Vec::new();
     let steps = events
         .iter()
-        .enumerate()
-        .map(|(i, e)| {
-            let outcomes: Vec<&PlanOutcome> = per_target.iter().map(|p| &p[i]).collect();
+        .map(|e| {
+            // Every target planned every event, so each iterator yields one per event.
+            let outcomes: Vec<PlanOutcome> = per_target
+                .iter_mut()
+                .map(|p| p.next().unwrap_or(PlanOutcome::Duplicate))
+                .collect();
             let rank = |o: &PlanOutcome| match o {
                 PlanOutcome::Inconsistent(_) => 0,
                 PlanOutcome::Failed(_) => 1,
@@ -219,14 +224,14 @@ pub(crate) fn plan_targets(
             match outcomes
                 .iter()
                 .min_by_key(|o| rank(o))
-                .and_then(|o| Unsent::of_plan(o))
+                .and_then(Unsent::of_plan)
             {
                 Some(unsent) => Step::Hold(unsent),
                 None => Step::Send(
                     outcomes
                         .into_iter()
                         .map(|o| match o {
-                            PlanOutcome::Apply(ops) => ops.clone(),
+                            PlanOutcome::Apply(ops) => ops,
                             _ => vec![],
                         })
                         .collect(),
