@@ -9,7 +9,7 @@ help:
 	@echo "make lint     rustfmt check + clippy with warnings as errors"
 	@echo "make bench    relay, projector and self-repair throughput and latency next to this machine's limits (release)"
 	@echo "make soak     10 minutes of steady load: storage and memory must stay flat"
-	@echo "make chaos    the long chaos profiles (relays killed under 50k events, projectors under 20k commands)"
+	@echo "make chaos    the long chaos and self-repair profiles (relays and projectors killed, Redis wiped or failed over)"
 
 run:
 	scripts/run-local.sh
@@ -50,7 +50,8 @@ bench:
 chaos:
 	scripts/ensure-services.sh
 	cargo build --workspace --bins
-	CHAOS_EVENTS=50000 CHAOS_COMMANDS=20000 cargo nextest run -p pipeline-tests --no-capture -E 'test(/killed_at_random/)'
+	CHAOS_EVENTS=50000 CHAOS_COMMANDS=20000 CHAOS_REPAIR_COMMANDS=6000 CHAOS_REBUILD_TASKS=100000 \
+		cargo nextest run -p pipeline-tests --no-capture -E 'test(/killed_at_random/) | binary(self_repair)'
 
 # Ten minutes of steady load through the release relay and projector (SOAK_SECONDS to change).
 soak:

@@ -33,6 +33,10 @@ use streams::{
 };
 use test_kit::process::Process;
 
+// The replay runs in this process: with the services' allocator, as it runs in production.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A rebuild's page: what the projector reads from `event_store` at a time.
 const PAGE: usize = 1000;
 

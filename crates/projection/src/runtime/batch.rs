@@ -233,7 +233,9 @@ impl Projector {
                     }
                 }
             }
-            let answers = self.apply_steps(&targets, &events, steps, prefetch).await?;
+            let answers = self
+                .apply_steps(&targets, &events, steps, prefetch, source)
+                .await?;
             prefetch = false;
             if replans < MAX_REPLANS && answers.iter().any(|a| matches!(a, Ok(ApplyOutcome::Moved)))
             {
@@ -262,6 +264,7 @@ impl Projector {
         events: &[super::batch::Entry<'_>],
         steps: Vec<Step>,
         prefetch: bool,
+        source: Source,
     ) -> Result<Vec<Result<ApplyOutcome, Unsent>>, StreamError> {
         let mut held: Vec<Option<Unsent>> = Vec::with_capacity(steps.len());
         let mut items = Vec::new();
@@ -286,10 +289,13 @@ impl Projector {
         } else {
             let next = if prefetch { self.next_read() } else { None };
             let mut conn = self.redis.commands.get().await?;
+            // Readers wait on live writes (and re-drives); a replay building a generation
+            // nobody reads yet has nobody to wake.
+            let announce = (!matches!(source, Source::Rebuild(_))).then_some(&self.redis.keys);
             let (outcomes, after) = streams::apply::apply_batch_then(
                 &mut conn,
                 &items,
-                Some(&self.redis.keys),
+                announce,
                 next.into_iter().collect(),
             )
             .await?;
