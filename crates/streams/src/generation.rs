@@ -198,12 +198,7 @@ impl Generations {
         conn: &mut impl redis::aio::ConnectionLike,
         generation: i64,
     ) -> Result<(), StreamError> {
-        let _: i64 = redis::cmd("HSET")
-            .arg(&self.pointer)
-            .arg(field::ACTIVE)
-            .arg(generation)
-            .query_async(conn)
-            .await?;
+        self.record(conn, field::ACTIVE, generation).await?;
         self.lock().active = Some(generation);
         Ok(())
     }
@@ -217,13 +212,23 @@ impl Generations {
         conn: &mut impl redis::aio::ConnectionLike,
         generation: i64,
     ) -> Result<(), StreamError> {
+        self.record(conn, field::BUILDING, generation).await?;
+        self.lock().building = Some(generation);
+        Ok(())
+    }
+
+    async fn record(
+        &self,
+        conn: &mut impl redis::aio::ConnectionLike,
+        field: &str,
+        generation: i64,
+    ) -> Result<(), StreamError> {
         let _: i64 = redis::cmd("HSET")
             .arg(&self.pointer)
-            .arg(field::BUILDING)
+            .arg(field)
             .arg(generation)
             .query_async(conn)
             .await?;
-        self.lock().building = Some(generation);
         Ok(())
     }
 }
