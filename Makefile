@@ -45,6 +45,7 @@ bench:
 	target/release/relay-bench
 	target/release/projector-bench
 	target/release/repair-bench
+	target/release/snapshot-bench
 
 # The chaos tests at full size (CI runs a short profile of the same tests).
 chaos:

@@ -9,7 +9,8 @@ export DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres
 export DATABASE_SCHEMA="${DATABASE_SCHEMA:-public}"
 export REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379}"
 export JWT_SECRET="${JWT_SECRET:-local-development-secret-change-me}"
-export ADMIN_TOKENS="${ADMIN_TOKENS:-local-admin-token}"
+export ADMIN_TOKENS="${ADMIN_TOKENS:-local:local-admin-token}"
+export ADMIN_READONLY_TOKENS="${ADMIN_READONLY_TOKENS:-viewer:local-viewer-token}"
 export STREAM_PARTITIONS="${STREAM_PARTITIONS:-1}"
 export LOG_FORMAT="${LOG_FORMAT:-pretty}"
 export RUST_LOG="${RUST_LOG:-info,actix_server=warn}"
@@ -57,6 +58,15 @@ cat <<MSG
          -H 'content-type: application/json' \\
          -d '{"title": "Read chapter 3", "type": "learning", "estimated_minutes": 45}'
     curl -s localhost:8081/v1/me/tasks -H "authorization: Bearer \$TOKEN"
+
+  Operate it (admin-api; its CLI is the same binary):
+
+    curl -s localhost:8082/health/cqrs
+    curl -s localhost:8082/admin/cqrs/projections -H 'authorization: Bearer local-admin-token'
+    export ADMIN_TOKEN=local-admin-token
+    $BIN/admin-api projections
+    $BIN/admin-api rebuild task_projection --wait
+    $BIN/admin-api dlq stats
 
     command-api :8080   query-api :8081   admin-api :8082   relay :9101   projector :9102
     Ctrl-C stops everything.

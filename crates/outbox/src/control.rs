@@ -57,6 +57,8 @@ pub struct Heartbeat {
     /// The process that wrote it (random per start): two live processes under one worker
     /// name show as two instances taking turns at the row.
     pub instance: Option<String>,
+    /// How old it is, by the database's clock (read back only; ignored on write).
+    pub age: Option<std::time::Duration>,
 }
 
 /// A worker's last report, as [`ControlStore::worker_heartbeat`] reads it.
@@ -81,6 +83,23 @@ pub struct Canary {
     pub epoch: i64,
     /// When it was recorded here (PostgreSQL's clock).
     pub at: Option<OffsetDateTime>,
+}
+
+/// A projection's control row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProjectionRow {
+    /// The projection.
+    pub name: String,
+    /// What operators asked for.
+    pub desired_state: DesiredState,
+    /// The active generation recorded here.
+    pub generation: i64,
+    /// Until when a hold keeps it paused (past: no hold).
+    pub hold_until: Option<OffsetDateTime>,
+    /// Who holds it.
+    pub hold_by: Option<String>,
+    /// Whether a hold is in force now (by the database's clock).
+    pub held: bool,
 }
 
 /// Access to the `projections` and `projection_workers` tables.
@@ -193,7 +212,8 @@ impl ControlStore {
             }))
     }
 
-    /// The desired state of `projection` (running when it has no row).
+    /// What `projection`'s workers must do now: paused while the operators want it paused or
+    /// a hold is in force; running otherwise (and when it has no row).
     ///
     /// # Errors
     /// [`OutboxError`] when PostgreSQL fails.
@@ -201,7 +221,8 @@ impl ControlStore {
         let client = self.pool.get().await?;
         let row = client
             .query_opt(
-                "SELECT desired_state FROM projections WHERE name = $1",
+                "SELECT CASE WHEN hold_until > now() THEN 'paused' ELSE desired_state END
+                 FROM projections WHERE name = $1",
                 &[&projection],
             )
             .await?;
@@ -209,6 +230,76 @@ impl ControlStore {
             Some("paused") => DesiredState::Paused,
             _ => DesiredState::Running,
         })
+    }
+
+    /// The control row of `projection`.
+    ///
+    /// # Errors
+    /// [`OutboxError`] when PostgreSQL fails.
+    pub async fn projection(&self, projection: &str) -> Result<Option<ProjectionRow>, OutboxError> {
+        let client = self.pool.get().await?;
+        Ok(client
+            .query_opt(
+                "SELECT name, desired_state, generation, hold_until, hold_by,
+                        hold_until IS NOT NULL AND hold_until > now()
+                 FROM projections WHERE name = $1",
+                &[&projection],
+            )
+            .await?
+            .map(|r| ProjectionRow {
+                name: r.get(0),
+                desired_state: if r.get::<_, &str>(1) == "paused" {
+                    DesiredState::Paused
+                } else {
+                    DesiredState::Running
+                },
+                generation: r.get(2),
+                hold_until: r.get(3),
+                hold_by: r.get(4),
+                held: r.get(5),
+            }))
+    }
+
+    /// Holds `projection` still (its workers pause) until `ttl` from now, for `by`; renewing
+    /// `by`'s own hold is allowed. Returns when the hold was taken (the database's clock: a
+    /// worker's report written after it shows the worker saw it), or `None` when another
+    /// holder's hold is in force.
+    ///
+    /// # Errors
+    /// [`OutboxError`] when PostgreSQL fails.
+    pub async fn hold(
+        &self,
+        projection: &str,
+        by: &str,
+        ttl: std::time::Duration,
+    ) -> Result<Option<OffsetDateTime>, OutboxError> {
+        let client = self.pool.get().await?;
+        Ok(client
+            .query_opt(
+                "UPDATE projections
+                 SET hold_until = now() + make_interval(secs => $3), hold_by = $2
+                 WHERE name = $1 AND (hold_until IS NULL OR hold_until <= now() OR hold_by = $2)
+                 RETURNING now()",
+                &[&projection, &by, &ttl.as_secs_f64()],
+            )
+            .await?
+            .map(|r| r.get(0)))
+    }
+
+    /// Ends `by`'s hold on `projection` (the trigger wakes the workers at once).
+    ///
+    /// # Errors
+    /// [`OutboxError`] when PostgreSQL fails.
+    pub async fn release(&self, projection: &str, by: &str) -> Result<(), OutboxError> {
+        let client = self.pool.get().await?;
+        client
+            .execute(
+                "UPDATE projections SET hold_until = NULL, hold_by = NULL
+                 WHERE name = $1 AND hold_by = $2",
+                &[&projection, &by],
+            )
+            .await?;
+        Ok(())
     }
 
     /// Sets the desired state (the trigger notifies the workers). Returns whether the
@@ -306,7 +397,8 @@ impl ControlStore {
         let rows = client
             .query(
                 "SELECT projection, worker, status, partitions, events_applied, last_event_id,
-                        last_applied_at, last_error, heartbeat_at, instance
+                        last_applied_at, last_error, heartbeat_at, instance,
+                        greatest(extract(epoch FROM now() - heartbeat_at), 0)::float8
                  FROM projection_workers WHERE projection = $1 ORDER BY heartbeat_at DESC",
                 &[&projection],
             )
@@ -324,6 +416,7 @@ impl ControlStore {
                 last_error: r.get(7),
                 heartbeat_at: r.get(8),
                 instance: r.get(9),
+                age: Some(std::time::Duration::from_secs_f64(r.get::<_, f64>(10))),
             })
             .collect())
     }

@@ -46,6 +46,12 @@ pub enum OutboxError {
     /// Refuse to start, naming the setting.
     #[error("invalid PostgreSQL setting: {0}")]
     Config(String),
+    /// Something waited on did not happen in time (transactions still in flight).
+    ///
+    /// # Handling
+    /// Nothing was changed: answer 503 with `Retry-After`, or retry later.
+    #[error("timed out: {0}")]
+    Timeout(String),
     /// Any other database error: a bug or a broken invariant.
     ///
     /// # Handling

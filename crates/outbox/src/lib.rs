@@ -13,6 +13,7 @@
 #![warn(missing_docs)]
 
 pub mod append;
+pub mod audit;
 pub mod control;
 pub mod error;
 pub mod history;
@@ -23,6 +24,8 @@ pub mod migrate;
 pub mod operations;
 pub mod pool;
 pub mod relay;
+pub mod snapshots;
+pub mod stats;
 
 pub use append::append_events;
 pub use error::OutboxError;

@@ -101,10 +101,21 @@ pub struct Operation {
     pub finished_at: Option<OffsetDateTime>,
     /// Why it failed.
     pub error: Option<String>,
+    /// The snapshot a rebuild starts from (`None`: from the first event).
+    pub snapshot_id: Option<Uuid>,
+}
+
+impl Operation {
+    /// Seconds until it ends at its current rate, while it runs and the rate is known.
+    #[must_use]
+    pub fn eta_seconds(&self) -> Option<f64> {
+        (self.state == OperationState::Running && self.rate > 0.0 && self.events_total > 0)
+            .then(|| (self.events_total - self.events_applied).max(0) as f64 / self.rate)
+    }
 }
 
 const COLUMNS: &str = "id, kind, projection, state, reason, generation, position, events_applied, \
-    events_total, rate, owner, started_at, updated_at, finished_at, error";
+    events_total, rate, owner, started_at, updated_at, finished_at, error, snapshot_id";
 
 fn from_row(r: &Row) -> Operation {
     Operation {
@@ -123,6 +134,7 @@ fn from_row(r: &Row) -> Operation {
         updated_at: r.get(12),
         finished_at: r.get(13),
         error: r.get(14),
+        snapshot_id: r.get(15),
     }
 }
 
@@ -133,6 +145,39 @@ pub enum Started {
     New(Operation),
     /// One was already running on the projection (at most one runs at a time).
     AlreadyRunning(Operation),
+}
+
+/// An operation to start.
+#[derive(Debug, Clone, Copy)]
+pub struct NewOperation<'a> {
+    /// What it does.
+    pub kind: OperationKind,
+    /// On which projection.
+    pub projection: &'a str,
+    /// Why (an operator's call, or what a projector found).
+    pub reason: &'a str,
+    /// The generation to build; 0 leaves the choice to the replica that runs it.
+    pub generation: i64,
+    /// The replica starting it, when a replica does.
+    pub owner: Option<&'a str>,
+    /// The snapshot a rebuild starts from.
+    pub snapshot_id: Option<Uuid>,
+}
+
+impl<'a> NewOperation<'a> {
+    /// `kind` on `projection` for `reason`: generation chosen by the runner, no owner yet,
+    /// from the first event.
+    #[must_use]
+    pub fn new(kind: OperationKind, projection: &'a str, reason: &'a str) -> Self {
+        Self {
+            kind,
+            projection,
+            reason,
+            generation: 0,
+            owner: None,
+            snapshot_id: None,
+        }
+    }
 }
 
 /// Progress of a running operation.
@@ -161,44 +206,38 @@ impl OperationStore {
         Self { pool }
     }
 
-    /// Starts an operation of `kind` on `projection` building `generation`, unless one runs.
+    /// Starts `new`, unless an operation already runs on its projection (at most one does).
     ///
     /// # Errors
     /// [`OutboxError`] when PostgreSQL fails.
-    pub async fn start(
-        &self,
-        kind: OperationKind,
-        projection: &str,
-        reason: &str,
-        generation: i64,
-        owner: Option<&str>,
-    ) -> Result<Started, OutboxError> {
+    pub async fn start(&self, new: NewOperation<'_>) -> Result<Started, OutboxError> {
         let client = self.pool.get().await?;
         let inserted = client
             .query_opt(
                 &format!(
-                    "INSERT INTO operations (id, kind, projection, reason, generation, owner)
-                     VALUES ($1, $2, $3, $4, $5, $6)
+                    "INSERT INTO operations (id, kind, projection, reason, generation, owner, snapshot_id)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)
                      ON CONFLICT (projection) WHERE state = 'running' DO NOTHING
                      RETURNING {COLUMNS}"
                 ),
                 &[
                     &Uuid::now_v7(),
-                    &kind.as_str(),
-                    &projection,
-                    &reason,
-                    &generation,
-                    &owner,
+                    &new.kind.as_str(),
+                    &new.projection,
+                    &new.reason,
+                    &new.generation,
+                    &new.owner,
+                    &new.snapshot_id,
                 ],
             )
             .await?;
         if let Some(row) = inserted {
             return Ok(Started::New(from_row(&row)));
         }
-        match self.running(projection).await? {
+        match self.running(new.projection).await? {
             Some(op) => Ok(Started::AlreadyRunning(op)),
             // It ended between the two statements: try once more.
-            None => Box::pin(self.start(kind, projection, reason, generation, owner)).await,
+            None => Box::pin(self.start(new)).await,
         }
     }
 
@@ -218,6 +257,30 @@ impl OperationStore {
             .await?
             .as_ref()
             .map(from_row))
+    }
+
+    /// The operations of `projection`, newest first, at most `limit`.
+    ///
+    /// # Errors
+    /// [`OutboxError`] when PostgreSQL fails.
+    pub async fn recent(
+        &self,
+        projection: &str,
+        limit: i64,
+    ) -> Result<Vec<Operation>, OutboxError> {
+        let client = self.pool.get().await?;
+        Ok(client
+            .query(
+                &format!(
+                    "SELECT {COLUMNS} FROM operations WHERE projection = $1
+                     ORDER BY started_at DESC LIMIT $2"
+                ),
+                &[&projection, &limit],
+            )
+            .await?
+            .iter()
+            .map(from_row)
+            .collect())
     }
 
     /// One operation.

@@ -69,6 +69,26 @@ pub struct Redriven {
     pub unparked: u64,
 }
 
+/// Dead letters read per page by a bulk re-drive.
+const REDRIVE_PAGE: usize = 200;
+
+/// What a bulk re-drive did (or, dry, would do).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BulkRedrive {
+    /// Nothing was applied: the counts say what would be re-driven.
+    pub dry_run: bool,
+    /// Dead letters walked.
+    pub entries: u64,
+    /// Chains (parked aggregates, and lone entries) re-driven or, dry, to re-drive.
+    pub aggregates: u64,
+    /// What the re-drives did.
+    pub done: Redriven,
+    /// Chains that still fail (they stay in the dead letters, in order).
+    pub still_failing: u64,
+    /// Why, for the first few.
+    pub failures: Vec<String>,
+}
+
 /// Dead-letter operations of one projection.
 pub struct DeadLetters {
     redis: RedisPools,
@@ -151,6 +171,15 @@ impl DeadLetters {
         Ok(stats)
     }
 
+    /// One dead letter by its entry id.
+    ///
+    /// # Errors
+    /// [`StreamError`] when Redis fails.
+    pub async fn get(&self, id: &str) -> Result<Option<DeadLetter>, StreamError> {
+        let mut conn = self.redis.commands.get().await?;
+        dlq::get(&mut conn, &self.dlq, id).await
+    }
+
     async fn entry(&self, id: &str) -> Result<DeadLetter, DeadLetterError> {
         let mut conn = self.redis.commands.get().await?;
         dlq::get(&mut conn, &self.dlq, id)
@@ -173,24 +202,61 @@ impl DeadLetters {
         Ok(done)
     }
 
-    /// Re-drives every parked aggregate (and every lone entry), in dead-letter order.
+    /// Re-drives every parked aggregate (and every lone entry), in dead-letter order, reading
+    /// the dead letters a page at a time (never the whole stream in memory). A chain that still
+    /// fails stays as it was and the walk goes on with the next. With `dry_run`, nothing is
+    /// applied: the answer says what would be re-driven.
     ///
     /// # Errors
-    /// [`DeadLetterError`] at the first chain that still fails.
-    pub async fn redrive_all(&self) -> Result<Redriven, DeadLetterError> {
-        let mut done = Redriven::default();
-        let mut seen: Vec<Uuid> = Vec::new();
-        for entry in self.list(None, usize::MAX).await? {
-            match entry.aggregate_id() {
-                Some(a) if !seen.contains(&a) => {
-                    seen.push(a);
-                    self.redrive_aggregate(a, &mut done).await?;
+    /// [`StreamError`] when Redis fails (what was re-driven by then stays re-driven).
+    pub async fn redrive_all(&self, dry_run: bool) -> Result<BulkRedrive, StreamError> {
+        let mut bulk = BulkRedrive {
+            dry_run,
+            ..BulkRedrive::default()
+        };
+        // Aggregates already handled in this walk: a chain that still fails keeps its later
+        // entries in the stream, and they must not be tried again page after page.
+        let mut handled: std::collections::HashSet<Uuid> = std::collections::HashSet::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = self.list(after.as_deref(), REDRIVE_PAGE).await?;
+            let Some(last) = page.last().map(|d| d.id.clone()) else {
+                break;
+            };
+            for entry in &page {
+                bulk.entries += 1;
+                let outcome = match entry.aggregate_id() {
+                    Some(a) if handled.contains(&a) => continue,
+                    Some(a) => {
+                        handled.insert(a);
+                        bulk.aggregates += 1;
+                        if dry_run {
+                            continue;
+                        }
+                        self.redrive_aggregate(a, &mut bulk.done).await
+                    }
+                    None => {
+                        bulk.aggregates += 1;
+                        if dry_run {
+                            continue;
+                        }
+                        self.redrive_lone(entry, &mut bulk.done).await
+                    }
+                };
+                match outcome {
+                    Ok(()) => {}
+                    Err(DeadLetterError::Streams(e)) => return Err(e),
+                    Err(e) => {
+                        bulk.still_failing += 1;
+                        if bulk.failures.len() < 20 {
+                            bulk.failures.push(e.to_string());
+                        }
+                    }
                 }
-                Some(_) => {}
-                None => self.redrive_lone(&entry, &mut done).await?,
             }
+            after = Some(last);
         }
-        Ok(done)
+        Ok(bulk)
     }
 
     /// Discards a chain's head (or a lone entry): its version is marked applied without

@@ -11,6 +11,7 @@ pub mod dead_letters;
 pub mod metrics;
 pub mod plan;
 pub mod runtime;
+pub mod snapshot;
 
 pub use plan::{PlanOutcome, Projection, ProjectionError, ViewState, plan};
 pub use runtime::{

@@ -62,6 +62,9 @@ pub struct Readiness {
     pub draining: bool,
     /// Per-dependency results.
     pub checks: Vec<CheckResult>,
+    /// The answering process: a supervisor (or a test) that started it can tell its own
+    /// process from another one that took the port.
+    pub pid: u32,
 }
 
 impl Health {
@@ -169,6 +172,7 @@ impl Health {
             ready: !draining && checks.iter().all(|c| c.ok),
             draining,
             checks,
+            pid: std::process::id(),
         }
     }
 }

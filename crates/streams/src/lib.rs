@@ -10,12 +10,14 @@ pub mod consumer;
 pub mod dlq;
 pub mod error;
 pub mod generation;
+pub mod info;
 pub mod keys;
 pub mod lease;
 pub mod pool;
 pub mod publisher;
 pub mod read_model;
 pub mod retention;
+pub mod snapshot;
 pub mod visibility;
 
 pub use apply::{ApplyItem, ApplyOutcome, Op, Target, apply_batch};

@@ -286,6 +286,38 @@ pub async fn switch(
     Ok(done == 1)
 }
 
+/// Stops serving generation `generation` (a reset: readers answer 503 until a new one is
+/// built): if it is the active one, the pointer forgets it, its marker goes (so nothing adopts
+/// it again) and it is retired for deletion, in one atomic step. Returns whether it was active.
+///
+/// # Errors
+/// [`StreamError`] when Redis fails.
+pub async fn withdraw(
+    conn: &mut impl redis::aio::ConnectionLike,
+    generations: &Generations,
+    retired: &str,
+    generation: i64,
+) -> Result<bool, StreamError> {
+    let now_ms = now_ms();
+    let done: i64 = redis::Script::new(
+        r"
+        if redis.call('HGET', KEYS[1], 'active') ~= ARGV[1] then return 0 end
+        redis.call('HDEL', KEYS[1], 'active')
+        redis.call('DEL', KEYS[3])
+        redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+        return 1
+        ",
+    )
+    .key(generations.pointer())
+    .key(retired)
+    .key(generations.keys_of(generation).marker())
+    .arg(generation)
+    .arg(now_ms.to_string())
+    .invoke_async(conn)
+    .await?;
+    Ok(done == 1)
+}
+
 /// Gives up building generation `generation`: the pointer forgets it (if it is still the one
 /// being built) and it is retired for deletion.
 ///
@@ -404,7 +436,7 @@ pub async fn delete_retired_step(
 }
 
 /// `s` with the glob specials of `SCAN MATCH` escaped.
-fn escape_glob(s: &str) -> String {
+pub(crate) fn escape_glob(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         if matches!(c, '*' | '?' | '[' | ']' | '\\') {

@@ -129,7 +129,12 @@ impl Service {
                 }
                 panic!("{} exited with {status}:\n{}", self.name, self.log_text());
             }
-            if is_ready(&self.url()).await {
+            // Ready means *this* process answers: with ports picked before the bind, another
+            // test's service may hold the port and answer for it.
+            if ready_pid(&self.url())
+                .await
+                .is_some_and(|pid| Some(pid) == self.child.id())
+            {
                 return;
             }
             assert!(
@@ -244,6 +249,19 @@ pub async fn run(path: &Path, args: &[&str], env: &[(String, String)]) -> (i32, 
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// The pid of the process answering `/readyz` with 200 at `base_url`.
+async fn ready_pid(base_url: &str) -> Option<u32> {
+    let response = reqwest::Client::new()
+        .get(format!("{base_url}/readyz"))
+        .timeout(Duration::from_secs(1))
+        .send()
+        .await
+        .ok()
+        .filter(|r| r.status().is_success())?;
+    let body: serde_json::Value = response.json().await.ok()?;
+    body["pid"].as_u64().and_then(|p| u32::try_from(p).ok())
 }
 
 async fn is_ready(base_url: &str) -> bool {

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{Options, Pipeline};
-use outbox::operations::{OperationKind, OperationState, OperationStore};
+use outbox::operations::{NewOperation, OperationKind, OperationState, OperationStore};
 use rand::RngExt as _;
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -256,7 +256,11 @@ async fn a_rebuild_survives_its_rebuilder_being_killed_and_readers_never_see_a_w
         .await;
     let store = OperationStore::new(p.db.pool.clone());
     store
-        .start(OperationKind::Rebuild, "task_projection", "seeded", 0, None)
+        .start(NewOperation::new(
+            OperationKind::Rebuild,
+            "task_projection",
+            "seeded",
+        ))
         .await
         .expect("start");
     wait_operation(&p, "the first rebuild").await;
@@ -321,13 +325,11 @@ async fn a_rebuild_survives_its_rebuilder_being_killed_and_readers_never_see_a_w
     let kills = AtomicUsize::new(0);
     let work = async {
         store
-            .start(
+            .start(NewOperation::new(
                 OperationKind::Rebuild,
                 "task_projection",
                 "operator",
-                0,
-                None,
-            )
+            ))
             .await
             .expect("start");
         let commands = p.random_commands(&live, 40, 7);

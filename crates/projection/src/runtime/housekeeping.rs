@@ -149,6 +149,7 @@ impl Projector {
                 last_error: s.last_error.clone(),
                 heartbeat_at: None,
                 instance: Some(self.instance.clone()),
+                age: None,
             }
         };
         if let Err(e) = ControlStore::new(pool.clone()).heartbeat(&h).await {

@@ -21,10 +21,12 @@ use std::time::Instant;
 
 use outbox::control::ControlStore;
 use outbox::history;
-use outbox::operations::{OperationKind, OperationStore, Progress, Started};
+use outbox::operations::{NewOperation, OperationKind, OperationStore, Progress, Started};
+use outbox::snapshots::SnapshotStore;
 use streams::read_model::{self, RebuildLock};
 use streams::{ReadModelKeys, StreamError, redis};
 use time::OffsetDateTime;
+use uuid::Uuid;
 
 use super::targets::Source;
 use super::{Projector, ReplayReport, rfc3339};
@@ -52,6 +54,20 @@ pub enum ReplayError {
     /// build was abandoned): the operation is resumed from the start.
     #[error("the rebuild was interrupted: {0}")]
     Interrupted(String),
+}
+
+/// Why a snapshot could not be loaded.
+enum SnapshotLoadError {
+    /// It no longer exists or cannot be read: the operation fails (retrying cannot help).
+    Gone(String),
+    /// PostgreSQL or Redis failed: the operation is retried.
+    Replay(ReplayError),
+}
+
+impl From<ReplayError> for SnapshotLoadError {
+    fn from(e: ReplayError) -> Self {
+        Self::Replay(e)
+    }
 }
 
 /// What a call to [`Projector::rebuild`] did.
@@ -227,39 +243,63 @@ impl Projector {
         let op = match store.running(name).await? {
             Some(op) => op,
             None => {
-                let g = self.next_generation().await?;
-                match store
-                    .start(
-                        OperationKind::Rebuild,
-                        name,
-                        reason,
-                        g,
-                        Some(&self.settings.replica),
-                    )
-                    .await?
-                {
+                let new = NewOperation {
+                    owner: Some(&self.settings.replica),
+                    ..NewOperation::new(OperationKind::Rebuild, name, reason)
+                };
+                match store.start(new).await? {
                     Started::New(op) | Started::AlreadyRunning(op) => op,
                 }
             }
         };
-        // An operation started elsewhere (an operator's call) leaves the number to the
-        // replica that runs it: 0 means not chosen yet.
-        let b = if op.generation > 0 {
+        let retired = self.redis.keys.retired(name);
+        // Carry on where the operation stopped if its generation is still the one it built
+        // (its build record names the operation); otherwise start over in a fresh generation,
+        // never on top of the leftovers of a build Redis half lost.
+        let resume = op.generation > 0 && op.position > 0 && {
+            let mut conn = self.redis.commands.get().await.map_err(StreamError::from)?;
+            let record: Option<String> = redis::cmd("GET")
+                .arg(self.generations.keys_of(op.generation).build_record())
+                .query_async(&mut conn)
+                .await
+                .map_err(StreamError::from)?;
+            record.as_deref() == Some(op.id.to_string().as_str())
+        };
+        let b = if resume {
             op.generation
         } else {
             self.next_generation().await?
         };
         let model = self.generations.keys_of(b);
-        let retired = self.redis.keys.retired(name);
-        // Carry on where the operation stopped, unless Redis lost what it had built.
-        let (mut position, mut applied) = {
+        if op.kind == OperationKind::Reset && !resume {
+            // A reset serves nothing until the new generation is whole: readers answer 503.
             let mut conn = self.redis.commands.get().await.map_err(StreamError::from)?;
-            let record: Option<String> = redis::cmd("GET")
-                .arg(model.build_record())
-                .query_async(&mut conn)
-                .await
-                .map_err(StreamError::from)?;
-            let resume = op.position > 0 && record.as_deref() == Some(op.id.to_string().as_str());
+            let state = self.generations.refresh(&mut conn).await?;
+            if let Some(active) = state.active {
+                read_model::withdraw(&mut conn, &self.generations, &retired, active).await?;
+                tracing::info!(projection = name, generation = active, operation = %op.id,
+                    "reset: the served read model is withdrawn");
+            }
+        }
+        // A rebuild from a snapshot loads it before `b` is written by anyone else, then
+        // replays what follows its position.
+        let (mut position, mut applied) = if resume {
+            (op.position, op.events_applied)
+        } else if let Some(snapshot) = op.snapshot_id {
+            match self.load_snapshot(snapshot, &model).await {
+                Ok(position) => (position, 0),
+                Err(SnapshotLoadError::Gone(why)) => {
+                    store.finish(op.id, Some(&why)).await?;
+                    tracing::warn!(projection = name, operation = %op.id, error = %why, "rebuild failed");
+                    return Err(ReplayError::Interrupted(why));
+                }
+                Err(SnapshotLoadError::Replay(e)) => return Err(e),
+            }
+        } else {
+            (0, 0)
+        };
+        {
+            let mut conn = self.redis.commands.get().await.map_err(StreamError::from)?;
             let () = redis::cmd("SET")
                 .arg(model.build_record())
                 .arg(op.id.to_string())
@@ -272,12 +312,7 @@ impl Projector {
             }
             // From here every live apply writes `b` too.
             self.generations.start_building(&mut conn, b).await?;
-            if resume {
-                (op.position, op.events_applied)
-            } else {
-                (0, 0)
-            }
-        };
+        }
         store
             .claim(op.id, &self.settings.replica, b, position)
             .await?;
@@ -371,6 +406,44 @@ impl Projector {
             generation: b,
             events: applied,
         })
+    }
+
+    /// Loads snapshot `id` into `model` (a generation nobody writes yet); returns the position
+    /// its replay carries on from.
+    async fn load_snapshot(
+        &self,
+        id: Uuid,
+        model: &ReadModelKeys,
+    ) -> Result<i64, SnapshotLoadError> {
+        let pool = self.pg.as_ref().ok_or(ReplayError::NoDatabase)?;
+        let store = SnapshotStore::new(pool.clone());
+        let snapshot = store
+            .get(id)
+            .await
+            .map_err(ReplayError::from)?
+            .filter(|s| s.complete && s.projection == self.projection_name())
+            .ok_or_else(|| {
+                SnapshotLoadError::Gone(format!("snapshot {id} of this projection does not exist"))
+            })?;
+        let mut seq = 0;
+        let mut conn = self
+            .redis
+            .commands
+            .get()
+            .await
+            .map_err(|e| ReplayError::from(StreamError::from(e)))?;
+        while let Some(bytes) = store.chunk(id, seq).await.map_err(ReplayError::from)? {
+            let chunk = streams::snapshot::Chunk::decode(&bytes).map_err(|e| {
+                SnapshotLoadError::Gone(format!("snapshot {id} is unreadable: {e}"))
+            })?;
+            streams::snapshot::load(&mut conn, model, &chunk)
+                .await
+                .map_err(ReplayError::from)?;
+            seq += 1;
+        }
+        tracing::info!(projection = self.projection_name(), snapshot = %id, position = snapshot.position,
+            keys = snapshot.keys, generation = model.generation(), "snapshot loaded; replaying what follows it");
+        Ok(snapshot.position)
     }
 
     /// Lets parked aggregates whose every dead-lettered event now applied in `model` (a

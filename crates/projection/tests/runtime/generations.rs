@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use outbox::operations::{OperationKind, OperationState, OperationStore, Started};
+use outbox::operations::{NewOperation, OperationKind, OperationState, OperationStore, Started};
 use projection::{CanaryCheck, RebuildOutcome, Status};
 use streams::{GenerationState, Generations, redis};
 use test_kit::{TestDb, eventually};
@@ -50,13 +50,11 @@ async fn drain(f: &Fixture) {
 
 async fn operator_rebuild(db: &TestDb) -> Uuid {
     match OperationStore::new(db.pool.clone())
-        .start(
+        .start(NewOperation::new(
             OperationKind::Rebuild,
             "task_projection",
             "operator",
-            0,
-            None,
-        )
+        ))
         .await
         .expect("start")
     {

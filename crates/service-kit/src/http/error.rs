@@ -44,6 +44,14 @@ pub enum ApiError {
     /// 409 `conflict`.
     #[error("{0}")]
     Conflict(String),
+    /// 409 `conflict` with details, e.g. the id of the operation already running.
+    #[error("{message}")]
+    ConflictWith {
+        /// What conflicts, for humans.
+        message: String,
+        /// What a client needs to act on it.
+        details: Value,
+    },
     /// 409 `idempotency_key_reused`.
     #[error("this Idempotency-Key was already used with a different request")]
     IdempotencyKeyReused,
@@ -93,7 +101,7 @@ impl ApiError {
             Self::NotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::InvalidTransition(_) => "invalid_transition",
-            Self::Conflict(_) => "conflict",
+            Self::Conflict(_) | Self::ConflictWith { .. } => "conflict",
             Self::IdempotencyKeyReused => "idempotency_key_reused",
             Self::VersionMismatch { .. } => "version_mismatch",
             Self::PayloadTooLarge { .. } => "payload_too_large",
@@ -110,6 +118,7 @@ impl ApiError {
                 json!({ "expected_version": expected, "current_version": current })
             }
             Self::PayloadTooLarge { limit } => json!({ "limit_bytes": limit }),
+            Self::ConflictWith { details, .. } => details.clone(),
             _ => json!({}),
         }
     }
@@ -129,9 +138,10 @@ impl ResponseError for ApiError {
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::InvalidTransition(_) | Self::Conflict(_) | Self::IdempotencyKeyReused => {
-                StatusCode::CONFLICT
-            }
+            Self::InvalidTransition(_)
+            | Self::Conflict(_)
+            | Self::ConflictWith { .. }
+            | Self::IdempotencyKeyReused => StatusCode::CONFLICT,
             Self::VersionMismatch { .. } => StatusCode::PRECONDITION_FAILED,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -163,7 +173,7 @@ impl ResponseError for ApiError {
 impl From<OutboxError> for ApiError {
     fn from(e: OutboxError) -> Self {
         match e {
-            OutboxError::Unavailable(_) => Self::Unavailable(Box::new(e)),
+            OutboxError::Unavailable(_) | OutboxError::Timeout(_) => Self::Unavailable(Box::new(e)),
             OutboxError::Conflict(_) => {
                 Self::Conflict("a concurrent request changed this resource; retry".into())
             }

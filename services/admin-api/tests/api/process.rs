@@ -75,7 +75,7 @@ async fn serving_needs_a_migrated_schema_and_an_operator_token() {
         format!("{out}{err}").contains("ADMIN_TOKENS"),
         "names the setting: {out}{err}"
     );
-    env.push(("ADMIN_TOKENS".into(), "op-token".into()));
+    env.push(("ADMIN_TOKENS".into(), "operator-token-0123456789".into()));
     let (code, out, err) = run(bin(), &[], &env).await;
     assert_ne!(code, 0);
     assert!(
@@ -88,7 +88,7 @@ async fn serving_needs_a_migrated_schema_and_an_operator_token() {
 async fn sigterm_drains_and_exits_zero_logging_at_info() {
     let db = TestDb::new().await;
     let mut env = env_for(&db);
-    env.push(("ADMIN_TOKENS".into(), "op-token".into()));
+    env.push(("ADMIN_TOKENS".into(), "operator-token-0123456789".into()));
     let dir = std::env::temp_dir();
     let mut svc = Service::spawn(bin(), &env, &dir);
     svc.wait_ready(Duration::from_secs(10)).await;

@@ -60,6 +60,11 @@ pub struct Pipeline {
     tokens: BTreeMap<Uuid, String>,
 }
 
+/// admin-api's operator token (named `ops` in its setting).
+pub const OPERATOR_TOKEN: &str = "pipeline-operator-token-0001";
+/// admin-api's read-only token (named `viewer`).
+pub const READONLY_TOKEN: &str = "pipeline-readonly-token-0001";
+
 /// A token from the binary's own `token` subcommand: exactly what a newcomer uses.
 pub async fn mint(user: Uuid) -> String {
     let env = [("JWT_SECRET".to_owned(), SECRET.to_owned())];
@@ -90,7 +95,8 @@ impl Pipeline {
             ("REDIS_KEY_PREFIX", redis.prefix.clone()),
             ("STREAM_PARTITIONS", options.partitions.to_string()),
             ("JWT_SECRET", SECRET.into()),
-            ("ADMIN_TOKENS", "op-token".into()),
+            ("ADMIN_TOKENS", format!("ops:{OPERATOR_TOKEN}")),
+            ("ADMIN_READONLY_TOKENS", format!("viewer:{READONLY_TOKEN}")),
             ("RUST_LOG", "info".into()),
         ]
         .into_iter()
@@ -162,6 +168,32 @@ impl Pipeline {
         let res = req.send().await.expect("command");
         let status = res.status();
         (status, res.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Calls admin-api with `token` (`None`: no Authorization header).
+    pub async fn admin(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+    ) -> (StatusCode, Value) {
+        let mut req = self.http.request(method, self.url("admin-api", path));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let res = req.send().await.expect("admin call");
+        let status = res.status();
+        (status, res.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Runs the operator CLI (`admin-api <args>`) against this pipeline's admin-api with the
+    /// operator token; returns its exit code, stdout and stderr.
+    pub async fn admin_cli(&self, args: &[&str]) -> (i32, String, String) {
+        let env = [
+            ("ADMIN_URL".to_owned(), self.services["admin-api"].url()),
+            ("ADMIN_TOKEN".to_owned(), OPERATOR_TOKEN.to_owned()),
+        ];
+        test_kit::process::run(&binary("admin-api"), args, &env).await
     }
 
     pub async fn query(
