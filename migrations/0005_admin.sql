@@ -56,3 +56,16 @@ CREATE TRIGGER projections_control_changed
 
 -- A rebuild may start from a snapshot instead of the first event.
 ALTER TABLE operations ADD COLUMN snapshot_id uuid REFERENCES snapshots (id) ON DELETE SET NULL;
+
+-- Events an operator discarded from the dead letters: a rebuild or a repair that meets one
+-- again marks its version applied without applying it, instead of dead-lettering it anew.
+CREATE TABLE discarded_events (
+    projection        text        NOT NULL REFERENCES projections (name),
+    event_id          uuid        NOT NULL,
+    aggregate_id      uuid        NOT NULL,
+    aggregate_version bigint      NOT NULL,
+    discarded_at      timestamptz NOT NULL DEFAULT now(),
+    actor             text        NOT NULL,
+    reason            text        NOT NULL,
+    PRIMARY KEY (projection, event_id)
+);

@@ -322,6 +322,58 @@ impl ControlStore {
         Ok(n == 1)
     }
 
+    /// Records that an operator discarded `event_id` (of `aggregate_id`, version `version`)
+    /// from `projection`'s dead letters, so rebuilds and repairs skip it from then on.
+    ///
+    /// # Errors
+    /// [`OutboxError`] when PostgreSQL fails.
+    pub async fn record_discard(
+        &self,
+        projection: &str,
+        event_id: Uuid,
+        aggregate: (Uuid, i64),
+        actor: &str,
+        reason: &str,
+    ) -> Result<(), OutboxError> {
+        let client = self.pool.get().await?;
+        client
+            .execute(
+                "INSERT INTO discarded_events
+                     (projection, event_id, aggregate_id, aggregate_version, actor, reason)
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+                &[
+                    &projection,
+                    &event_id,
+                    &aggregate.0,
+                    &aggregate.1,
+                    &actor,
+                    &reason,
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// The events discarded from `projection`'s dead letters.
+    ///
+    /// # Errors
+    /// [`OutboxError`] when PostgreSQL fails.
+    pub async fn discarded(
+        &self,
+        projection: &str,
+    ) -> Result<std::collections::HashSet<Uuid>, OutboxError> {
+        let client = self.pool.get().await?;
+        Ok(client
+            .query(
+                "SELECT event_id FROM discarded_events WHERE projection = $1",
+                &[&projection],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect())
+    }
+
     /// Records a worker's heartbeat.
     ///
     /// # Errors

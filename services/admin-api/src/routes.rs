@@ -467,6 +467,9 @@ async fn discard(
         .as_deref()
         .map(str::trim)
         .filter(|r| !r.is_empty());
+    let actor = caller
+        .as_ref()
+        .map_or_else(|_| "?".to_owned(), |c| c.actor.clone());
     admin
         .audited(caller, "dlq.discard", &id, reason, async {
             let reason = reason.ok_or_else(|| {
@@ -480,11 +483,24 @@ async fn discard(
             }
             let (module, entry) = dead_letter_id(&id)?;
             let letters = DeadLetters::new(admin.redis.clone(), (module.projection)());
-            // The discarded event is kept in the audit entry: it leaves Redis for good.
-            let event = letters
-                .get(entry)
-                .await?
-                .map(|d| DeadLetterView::new(module.spec.projection, &d));
+            let letter = letters.get(entry).await?.ok_or(ApiError::NotFound)?;
+            // The discarded event is kept in the audit entry (it leaves Redis for good), and
+            // recorded so that rebuilds and repairs skip it instead of dead-lettering it anew.
+            let event = DeadLetterView::new(module.spec.projection, &letter);
+            if let (Ok(envelope), "") = (
+                events::EventEnvelope::from_json(letter.field("event").as_bytes()),
+                letter.field("parked_behind"),
+            ) {
+                ControlStore::new(admin.pg.clone())
+                    .record_discard(
+                        module.spec.projection,
+                        envelope.event_id,
+                        (envelope.aggregate_id, envelope.aggregate_version),
+                        &actor,
+                        reason,
+                    )
+                    .await?;
+            }
             let done = letters.discard(entry).await.map_err(dead_letter_error)?;
             let body = json!({
                 "discarded": done.discarded,

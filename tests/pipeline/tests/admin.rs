@@ -828,6 +828,26 @@ async fn dead_letters_are_listed_counted_retried_without_loss_and_discarded_with
         discard["details"]["dead_letter"]["event"]["aggregate_version"], 2,
         "{discard}"
     );
+
+    // A rebuild meets the discarded event again in event_store: it stays discarded.
+    let (s, started) = p
+        .admin(
+            Method::POST,
+            &format!("/admin/cqrs/projections/{P}/rebuild"),
+            Some(OPERATOR_TOKEN),
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{started}");
+    let (op, _) = wait_operation(&p, started["operation_id"].as_str().expect("id")).await;
+    assert_eq!(op["state"], "succeeded", "{op}");
+    assert_eq!(
+        p.dead_letters().await,
+        0,
+        "a discarded event is not dead-lettered again"
+    );
+    p.wait_idle(Duration::from_secs(20), "idle after the rebuild")
+        .await;
+    p.assert_read_side_matches_postgres(&users).await;
     p.stop_all().await;
 }
 

@@ -13,7 +13,7 @@ use time::OffsetDateTime;
 
 use super::dead_letter::Verdict;
 use super::fate::{self, Facts, Fate, Hold, Unsent};
-use super::targets::{Source, Step, Targets, apply_targets, load, plan_targets};
+use super::targets::{Skipping, Source, Step, Targets, apply_targets, load, plan_targets};
 use super::{BatchReport, Projector};
 use crate::metrics as m;
 
@@ -215,7 +215,11 @@ impl Projector {
                 }
             }
             let refs: Vec<&EventEnvelope> = events.iter().map(|(_, e)| *e).collect();
-            let (steps, missing) = plan_targets(self.projection.as_ref(), &targets, &refs, loaded);
+            let skipping = Skipping {
+                inner: self.projection.clone(),
+                skip: self.lock().discarded.clone(),
+            };
+            let (steps, missing) = plan_targets(&skipping, &targets, &refs, loaded);
             // Versions missing here that no failing predecessor explains were lost on the way:
             // read them from event_store and apply them first, then plan again.
             if !repaired && !matches!(source, Source::Rebuild(_)) {

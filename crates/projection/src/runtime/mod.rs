@@ -84,6 +84,8 @@ struct State {
     prefetched: Vec<Delivery>,
     last_event: Option<(Uuid, OffsetDateTime)>,
     last_error: Option<String>,
+    /// Events operators discarded from the dead letters (refreshed with the generations).
+    discarded: Arc<std::collections::HashSet<Uuid>>,
 }
 
 /// Where a replica's run loop is: the status of its last round and how many rounds it made.

@@ -127,6 +127,7 @@ impl Projector {
         let Some(pool) = &self.pg else {
             return Ok(None);
         };
+        self.refresh_discarded().await?;
         if let Some(op) = OperationStore::new(pool.clone())
             .running(self.projection_name())
             .await?
@@ -232,6 +233,17 @@ impl Projector {
         Ok(highest + 1)
     }
 
+    /// Re-reads the events operators discarded (what replays and repairs skip).
+    async fn refresh_discarded(&self) -> Result<(), ReplayError> {
+        if let Some(pool) = &self.pg {
+            let discarded = ControlStore::new(pool.clone())
+                .discarded(self.projection_name())
+                .await?;
+            self.lock().discarded = std::sync::Arc::new(discarded);
+        }
+        Ok(())
+    }
+
     async fn run_rebuild(
         &self,
         reason: &str,
@@ -239,6 +251,7 @@ impl Projector {
     ) -> Result<RebuildOutcome, ReplayError> {
         let pool = self.pg.as_ref().ok_or(ReplayError::NoDatabase)?;
         let name = self.projection_name();
+        self.refresh_discarded().await?;
         let store = OperationStore::new(pool.clone());
         let op = match store.running(name).await? {
             Some(op) => op,

@@ -161,6 +161,38 @@ pub(crate) async fn load(
     }))
 }
 
+/// `inner`, except that the events an operator discarded apply as nothing (their version is
+/// recorded, nothing else): a replay meeting one again must not dead-letter it anew.
+pub(crate) struct Skipping {
+    pub(crate) inner: std::sync::Arc<dyn Projection>,
+    pub(crate) skip: std::sync::Arc<std::collections::HashSet<Uuid>>,
+}
+
+impl Projection for Skipping {
+    fn module(&self) -> &'static events::ModuleSpec {
+        self.inner.module()
+    }
+
+    fn reads(&self, event: &EventEnvelope, keys: &ReadModelKeys) -> Vec<String> {
+        if self.skip.contains(&event.event_id) {
+            return vec![];
+        }
+        self.inner.reads(event, keys)
+    }
+
+    fn apply(
+        &self,
+        event: &EventEnvelope,
+        state: &ViewState,
+        keys: &ReadModelKeys,
+    ) -> Result<Vec<Op>, crate::ProjectionError> {
+        if self.skip.contains(&event.event_id) {
+            return Ok(vec![]);
+        }
+        self.inner.apply(event, state, keys)
+    }
+}
+
 /// One event's plan over every target generation.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Step {
