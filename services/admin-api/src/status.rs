@@ -196,7 +196,16 @@ pub async fn projection_status(
     let held = row.as_ref().is_some_and(|r| r.held);
     let stall = settings.stall_after.as_secs_f64();
 
-    let (status, reason) = if let Some(op) = &running {
+    // Nothing consumes without a live replica, whatever else is asked of it: that comes first.
+    let (status, reason) = if live.is_empty() {
+        let doing = running.as_ref().map_or(String::new(), |op| {
+            format!(" ({} {} waits for one)", op.kind.as_str(), op.id)
+        });
+        (
+            "stalled",
+            format!("no live replica: every heartbeat is stale{doing}"),
+        )
+    } else if let Some(op) = &running {
         match op.kind {
             OperationKind::Reset => ("resetting", format!("reset {} under way", op.id)),
             OperationKind::Rebuild => ("rebuilding", format!("rebuild {} under way", op.id)),
@@ -215,11 +224,6 @@ pub async fn projection_status(
                 format!("{why}; waiting for every replica to stop"),
             )
         }
-    } else if live.is_empty() {
-        (
-            "stalled",
-            "no live replica: every heartbeat is stale".to_owned(),
-        )
     } else if lag_seconds > stall && since_progress > stall {
         (
             "stalled",
