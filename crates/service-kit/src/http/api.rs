@@ -251,6 +251,7 @@ impl Routes {
         let path = P::path();
         let mut operation = P::operation();
         with_request_id(&mut operation);
+        with_retry_after(&mut operation);
         let mut schemas = Vec::new();
         P::schemas(&mut schemas);
         self.schemas.extend(schemas);
@@ -458,21 +459,20 @@ fn resource(entry: &PathRoutes) -> actix_web::Resource {
 fn with_request_id(operation: &mut Operation) {
     let header = REQUEST_ID;
     let name = header.as_str();
-    let string = || -> RefOr<Schema> {
+    let echoed = || -> RefOr<Schema> {
         ObjectBuilder::new()
             .schema_type(Type::String)
             .min_length(Some(1))
             .max_length(Some(128))
             .into()
     };
-    let mut parameter = Parameter::new(name);
-    parameter.parameter_in = ParameterIn::Header;
-    parameter.required = Required::False;
-    parameter.schema = Some(string());
-    parameter.description = Some(
+    // Any value is taken: one that is not a sane id is replaced, not refused.
+    let parameter = optional_parameter(
+        name,
+        ParameterIn::Header,
+        ObjectBuilder::new().schema_type(Type::String),
         "Echoed in the answer and recorded as the events' correlation_id; generated when absent \
-         or not 1–128 visible ASCII characters"
-            .into(),
+         or not 1–128 visible ASCII characters",
     );
     let parameters = operation.parameters.get_or_insert_with(Vec::new);
     let already = parameters.iter().any(|p| match p {
@@ -484,14 +484,57 @@ fn with_request_id(operation: &mut Operation) {
     }
     for response in operation.responses.responses.values_mut() {
         if let RefOr::T(response) = response {
-            let mut echoed = utoipa::openapi::header::Header::new(string());
-            echoed.description = Some("The request's id".into());
+            let mut header = utoipa::openapi::header::Header::new(echoed());
+            header.description = Some("The request's id".into());
             response
                 .headers
                 .entry(name.to_owned())
-                .or_insert(RefOr::T(echoed));
+                .or_insert(RefOr::T(header));
         }
     }
+}
+
+/// A documented 503 with the error body is [`ApiError::Unavailable`], whose mapping always sets
+/// `Retry-After`: said once here rather than on each handler.
+fn with_retry_after(operation: &mut Operation) {
+    let Some(RefOr::T(response)) = operation.responses.responses.get_mut("503") else {
+        return;
+    };
+    let is_error_body = response.content.values().any(|c| match c {
+        RefOr::T(c) => {
+            matches!(&c.schema, Some(RefOr::Ref(r)) if r.ref_location.ends_with("/ErrorBody"))
+        }
+        RefOr::Ref(_) => false,
+    });
+    if is_error_body {
+        let mut header = utoipa::openapi::header::Header::new(
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .minimum(Some(0)),
+        );
+        header.description = Some("Seconds to wait before retrying".into());
+        response
+            .headers
+            .entry("retry-after".to_owned())
+            .or_insert(RefOr::T(header));
+    }
+}
+
+/// An optional parameter `name` in `place`, for extractors that document what they read by
+/// implementing [`utoipa::IntoParams`] (listed in an operation's `params(...)`).
+#[must_use]
+pub fn optional_parameter(
+    name: &str,
+    place: ParameterIn,
+    schema: impl Into<RefOr<Schema>>,
+    description: &str,
+) -> Parameter {
+    let mut parameter = Parameter::new(name);
+    parameter.parameter_in = place;
+    parameter.required = Required::False;
+    parameter.schema = Some(schema.into());
+    parameter.description = Some(description.to_owned());
+    parameter
 }
 
 /// The `{segment}` names of a path template.
