@@ -235,12 +235,6 @@ impl Routes {
         self
     }
 
-    /// The paths registered so far, in registration order.
-    #[must_use]
-    pub fn paths(&self) -> Vec<&str> {
-        self.paths.iter().map(|p| p.path.as_str()).collect()
-    }
-
     fn register<P, F, Args>(&mut self, handler: F, data: &[AttachData])
     where
         P: utoipa::Path + SchemaReferences,
