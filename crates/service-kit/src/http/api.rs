@@ -14,7 +14,7 @@
 //! #[utoipa::path(get, path = "/v1/things/{id}", params(("id" = Uuid, Path)),
 //!     responses((status = 200, body = Thing), (status = 404, body = ErrorBody)),
 //!     security(("bearer" = [])))]
-//! async fn get_thing(id: web::Path<String>) -> Result<HttpResponse, ApiError> { … }
+//! async fn get_thing(id: web::Path<String>) -> Result<HttpResponse, ApiError> { /* … */ }
 //!
 //! let mut routes = Routes::new();
 //! routes.security_scheme(BEARER, jwt_bearer());
