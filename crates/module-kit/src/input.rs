@@ -87,11 +87,31 @@ impl<T> Patch<T> {
     }
 }
 
-/// Text that must not be blank, trimmed, at most `max` characters (not bytes).
+/// The JSON Schema `pattern` of text that [`text`] accepts: something besides whitespace, and
+/// no NUL.
+pub const TEXT_PATTERN: &str = r"^[^\x00]*[^\s\x00][^\x00]*$";
+
+/// The JSON Schema `pattern` of text without NUL ([`optional_text`], list items).
+pub const NO_NUL_PATTERN: &str = r"^[^\x00]*$";
+
+/// PostgreSQL can store no U+0000 in `text` or `jsonb`: a NUL in a field would fail the
+/// command's transaction (a 500) instead of being refused (found by fuzzing).
+fn no_nul(field: &'static str, raw: &str) -> Result<(), Invalid> {
+    if raw.contains('\0') {
+        return Err(invalid(
+            field,
+            format!("{field} must not contain NUL (U+0000)"),
+        ));
+    }
+    Ok(())
+}
+
+/// Text that must not be blank, trimmed, at most `max` characters (not bytes), without NUL.
 ///
 /// # Errors
-/// [`Invalid`] for blank or too long text.
+/// [`Invalid`] for blank or too long text, or text with a NUL.
 pub fn text(field: &'static str, raw: &str, max: usize) -> Result<String, Invalid> {
+    no_nul(field, raw)?;
     let t = raw.trim();
     if t.is_empty() {
         return Err(invalid(field, format!("{field} must not be blank")));
@@ -105,15 +125,18 @@ pub fn text(field: &'static str, raw: &str, max: usize) -> Result<String, Invali
     Ok(t.to_owned())
 }
 
-/// Optional free text of at most `max` characters, kept as sent.
+/// Optional free text of at most `max` characters, kept as sent, without NUL.
 ///
 /// # Errors
-/// [`Invalid`] for too long text.
+/// [`Invalid`] for too long text, or text with a NUL.
 pub fn optional_text(
     field: &'static str,
     raw: Option<String>,
     max: usize,
 ) -> Result<Option<String>, Invalid> {
+    if let Some(s) = &raw {
+        no_nul(field, s)?;
+    }
     match raw {
         Some(s) if s.chars().count() > max => Err(invalid(
             field,
@@ -142,11 +165,11 @@ pub fn ranged<T: TryFrom<i64>>(
     T::try_from(v).map_err(|_| invalid(field, format!("{field} is out of range")))
 }
 
-/// A list of at most `max_items` strings, each trimmed and `item_chars` characters long;
-/// `item` names one of them in messages (`tags` holds `tag`s).
+/// A list of at most `max_items` strings, each trimmed and `item_chars` characters long,
+/// without NUL; `item` names one of them in messages (`tags` holds `tag`s).
 ///
 /// # Errors
-/// [`Invalid`] for too many items or an item of the wrong length.
+/// [`Invalid`] for too many items or an item of the wrong length or with a NUL.
 pub fn string_list(
     field: &'static str,
     item: &str,
@@ -159,6 +182,7 @@ pub fn string_list(
     }
     raw.into_iter()
         .map(|t| {
+            no_nul(field, &t)?;
             let t = t.trim().to_owned();
             if item_chars.contains(&t.chars().count()) {
                 Ok(t)
@@ -174,6 +198,32 @@ pub fn string_list(
             }
         })
         .collect()
+}
+
+/// The schema of a [`string_list`] field for the OpenAPI document: at most `max_items`
+/// strings of `item_chars` characters; `null` allowed when `nullable` (an omitted list).
+#[must_use]
+pub fn string_list_schema(
+    max_items: usize,
+    item_chars: std::ops::RangeInclusive<usize>,
+    nullable: bool,
+) -> utoipa::openapi::schema::Array {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, SchemaType, Type};
+    let item = ObjectBuilder::new()
+        .schema_type(Type::String)
+        .min_length(Some(*item_chars.start()))
+        .max_length(Some(*item_chars.end()))
+        .pattern(Some(NO_NUL_PATTERN));
+    let kind = if nullable {
+        SchemaType::from_iter([Type::Array, Type::Null])
+    } else {
+        SchemaType::new(Type::Array)
+    };
+    ArrayBuilder::new()
+        .schema_type(kind)
+        .items(item)
+        .max_items(Some(max_items))
+        .build()
 }
 
 /// One of `names` (the wire names of an enum).
@@ -244,6 +294,13 @@ mod tests {
                 == Err("at most 2 tags".to_owned())
         );
         assert!(string_list("tags", "tag", vec![String::new()], 2, 1..=3).is_err());
+        for nul in [
+            text("t", "a\0b", 9).err(),
+            optional_text("n", Some("\0".into()), 9).err(),
+        ] {
+            assert!(nul.is_some_and(|e| e.message.contains("NUL")));
+        }
+        assert!(string_list("tags", "tag", vec!["a\0".into()], 2, 1..=3).is_err());
         let pick = |s| one_of("size", s, &[1u8, 2], |n| if n == 1 { "one" } else { "two" });
         assert_eq!(pick("two"), Ok(2));
         assert_eq!(

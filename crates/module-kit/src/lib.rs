@@ -21,11 +21,11 @@ pub mod testing;
 
 use std::sync::Arc;
 
-use actix_web::web;
 use events::{EventEnvelope, ModuleSpec};
 use futures::future::BoxFuture;
 use outbox::tokio_postgres;
 use projection::Projection;
+use service_kit::http::Routes;
 use service_kit::read_side::ReadSide;
 use uuid::Uuid;
 
@@ -36,11 +36,14 @@ pub struct Module {
     pub spec: &'static ModuleSpec,
     /// Its projection (projections are pure values; each call makes one).
     pub projection: fn() -> Arc<dyn Projection>,
-    /// Registers its commands on command-api. App data there: `CommandRunner`, `JwtKeys`.
-    pub command_routes: fn(&mut web::ServiceConfig),
+    /// Registers its commands on command-api, each with its OpenAPI operation (a route
+    /// cannot be mounted undocumented). App data there: `CommandRunner`, `JwtKeys`; the
+    /// security scheme `bearer` is registered.
+    pub command_routes: fn(&mut Routes),
     /// Registers its queries on query-api, reading through `read` (attach it to the module's
-    /// resources with `.app_data(web::Data::new(read.clone()))`). App data there: `JwtKeys`.
-    pub query_routes: fn(&mut web::ServiceConfig, &ReadSide),
+    /// paths with `routes.with_data(web::Data::new(read.clone()))`). App data there:
+    /// `JwtKeys`; the security scheme `bearer` is registered.
+    pub query_routes: fn(&mut Routes, &ReadSide),
     /// A realistic history of about `n` of its events, as a busy system publishes them (one
     /// aggregate's events far apart): the workload of the apply benchmarks.
     pub sample_history: fn(usize) -> Vec<EventEnvelope>,

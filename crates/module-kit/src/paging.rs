@@ -24,6 +24,16 @@ pub fn member(created_at: OffsetDateTime, id: Uuid) -> String {
     format!("{:020}:{id}", micros.max(0))
 }
 
+/// A page of a list, as every list answers (http-api.md).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct Page<T> {
+    /// The page's items, newest first.
+    pub items: Vec<T>,
+    /// Pass it as `cursor` for the next page; `null` on the last page.
+    #[schema(required = true)]
+    pub next_cursor: Option<String>,
+}
+
 /// A cursor that this API did not issue.
 ///
 /// # Handling

@@ -13,6 +13,7 @@ use events::{ConsistencyToken, EventContext, EventEnvelope};
 use futures::future::{Ready, ready};
 use outbox::idempotency::{self, Claim};
 use outbox::{Pool, Transaction};
+use serde::Serialize;
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -63,23 +64,90 @@ impl CommandOutcome {
         self
     }
 
-    fn body(&self) -> Value {
+    /// The answer's body.
+    #[must_use]
+    pub fn accepted(&self) -> CommandAccepted {
         let token = ConsistencyToken {
             module: self.module.to_owned(),
             aggregate_id: self.aggregate_id,
             version: self.version,
         };
-        let mut body = json!({
-            "id": self.aggregate_id,
-            "version": self.version,
-            "event_ids": self.events.iter().map(|e| e.event_id).collect::<Vec<_>>(),
-            "consistency_token": token.encode(),
-            "changed": !self.events.is_empty(),
-        });
-        if let Value::Object(map) = &mut body {
-            map.extend(self.extra.clone());
+        CommandAccepted {
+            id: self.aggregate_id,
+            version: self.version,
+            event_ids: self.events.iter().map(|e| e.event_id).collect(),
+            consistency_token: token.encode(),
+            changed: !self.events.is_empty(),
+            extra: self.extra.clone(),
         }
-        body
+    }
+
+    fn body(&self) -> Value {
+        // Through a `Value` (sorted keys, and what the idempotency store keeps); `json!` of
+        // these fields cannot fail.
+        json!(self.accepted())
+    }
+}
+
+/// The answer to every successful command (http-api.md), and its schema in the document.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct CommandAccepted {
+    /// The aggregate the command acted on.
+    pub id: Uuid,
+    /// The aggregate's version after the command: send it back in `If-Match`.
+    pub version: i64,
+    /// The events the command wrote, in order; empty when it changed nothing.
+    pub event_ids: Vec<Uuid>,
+    /// Send it back to query-api as `X-Consistency-Token` to read this write.
+    pub consistency_token: String,
+    /// `false` when the command changed nothing (and wrote no event).
+    #[schema(required = false)]
+    pub changed: bool,
+    /// Module-specific fields (e.g. `mastery_score`).
+    #[serde(flatten)]
+    #[schema(ignore)]
+    pub extra: Map<String, Value>,
+}
+
+/// The request headers every command reads ([`CommandMeta`]), for the document.
+impl utoipa::IntoParams for CommandMeta {
+    fn into_params(
+        _: impl Fn() -> Option<utoipa::openapi::path::ParameterIn>,
+    ) -> Vec<utoipa::openapi::path::Parameter> {
+        vec![crate::http::api::optional_parameter(
+            "Idempotency-Key",
+            utoipa::openapi::path::ParameterIn::Header,
+            utoipa::openapi::ObjectBuilder::new()
+                .schema_type(utoipa::openapi::Type::String)
+                .min_length(Some(1))
+                .max_length(Some(255))
+                .pattern(Some("^[!-~]+$")),
+            "A retry with the same key, user and body within 24 h gets the first answer again \
+             (same status and body, `Idempotency-Replayed: true`) and writes nothing; the same \
+             key with another body answers 409 `idempotency_key_reused`",
+        )]
+    }
+}
+
+/// The `If-Match` header of commands on an existing aggregate (read by [`if_match`]), for the
+/// document: list it in an operation's `params(...)`.
+#[derive(Debug)]
+pub struct IfMatch;
+
+impl utoipa::IntoParams for IfMatch {
+    fn into_params(
+        _: impl Fn() -> Option<utoipa::openapi::path::ParameterIn>,
+    ) -> Vec<utoipa::openapi::path::Parameter> {
+        vec![crate::http::api::optional_parameter(
+            "If-Match",
+            utoipa::openapi::path::ParameterIn::Header,
+            utoipa::openapi::ObjectBuilder::new()
+                .schema_type(utoipa::openapi::Type::String)
+                // Versions from 1 up to 18 digits (an i64 holds 18 of any value).
+                .pattern(Some(r#"^(\*|(W/)?"?0*[1-9][0-9]{0,17}"?)$"#)),
+            "The version the command expects the aggregate at, like `\"3\"` (`*`: any); \
+             another version answers 412 `version_mismatch`",
+        )]
     }
 }
 

@@ -85,6 +85,34 @@ impl ConsistencyWait {
     }
 }
 
+/// The request parts a query reads through [`ConsistencyWait`], for the document.
+impl utoipa::IntoParams for ConsistencyWait {
+    fn into_params(
+        _: impl Fn() -> Option<utoipa::openapi::path::ParameterIn>,
+    ) -> Vec<utoipa::openapi::path::Parameter> {
+        use utoipa::openapi::path::ParameterIn;
+        use utoipa::openapi::{ObjectBuilder, Type};
+        vec![
+            crate::http::api::optional_parameter(
+                "X-Consistency-Token",
+                ParameterIn::Header,
+                ObjectBuilder::new().schema_type(Type::String),
+                "A command's `consistency_token`: wait (up to `wait_ms`) until that write is \
+                 visible; the answer then says `X-Consistency: fresh` or `stale`",
+            ),
+            crate::http::api::optional_parameter(
+                "wait_ms",
+                ParameterIn::Query,
+                ObjectBuilder::new()
+                    .schema_type(Type::Integer)
+                    .minimum(Some(0))
+                    .maximum(Some(MAX_WAIT_MS as f64)),
+                "How long to wait for `X-Consistency-Token`'s write, in ms (default 2000)",
+            ),
+        ]
+    }
+}
+
 /// Whether an answer reflects the awaited write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Freshness {

@@ -13,6 +13,7 @@ use actix_web::{HttpResponse, web};
 use futures::future::{BoxFuture, join_all};
 use serde::Serialize;
 
+use crate::http::Routes;
 use crate::telemetry::metrics_handle;
 
 /// A readiness check: resolves to `Err(reason)` when its dependency is unreachable.
@@ -42,7 +43,7 @@ impl std::fmt::Debug for Health {
 }
 
 /// One check's result.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct CheckResult {
     /// Dependency name.
     pub name: &'static str,
@@ -54,7 +55,7 @@ pub struct CheckResult {
 }
 
 /// The `/readyz` answer.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Readiness {
     /// Ready to take work.
     pub ready: bool,
@@ -187,10 +188,44 @@ pub fn eviction_message(policy: &str) -> String {
     )
 }
 
-async fn healthz(health: web::Data<Health>) -> HttpResponse {
-    HttpResponse::Ok().json(serde_json::json!({"status": "ok", "service": health.service}))
+/// The `/healthz` answer.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Alive {
+    /// Always `ok`: answering at all is the news.
+    #[schema(example = "ok")]
+    pub status: &'static str,
+    /// Which binary answered.
+    #[schema(example = "command-api")]
+    pub service: &'static str,
 }
 
+/// Liveness: the process answers. Never checks dependencies.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    responses((status = 200, description = "Alive", body = Alive)),
+)]
+async fn healthz(health: web::Data<Health>) -> HttpResponse {
+    let alive = Alive {
+        status: "ok",
+        service: health.service,
+    };
+    // Through a `Value` (sorted keys), as this answer has always been written.
+    HttpResponse::Ok().json(serde_json::json!(alive))
+}
+
+/// Readiness: every dependency answered within 2 s and the process is not draining.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Ready to take work", body = Readiness),
+        (status = 503, description = "A dependency is unreachable, or the process is draining",
+         body = Readiness),
+    ),
+)]
 async fn readyz(health: web::Data<Health>) -> HttpResponse {
     let r = health.readiness().await;
     if r.ready {
@@ -200,6 +235,16 @@ async fn readyz(health: web::Data<Health>) -> HttpResponse {
     }
 }
 
+/// The process's metrics in the Prometheus text format.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Prometheus text exposition format 0.0.4",
+         content_type = "text/plain", body = String),
+    ),
+)]
 async fn metrics() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
@@ -207,8 +252,9 @@ async fn metrics() -> HttpResponse {
 }
 
 /// Registers `/healthz`, `/readyz` and `/metrics`. The app must carry `web::Data<Health>`.
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(crate::http::resource("/healthz").route(web::get().to(healthz)))
-        .service(crate::http::resource("/readyz").route(web::get().to(readyz)))
-        .service(crate::http::resource("/metrics").route(web::get().to(metrics)));
+pub fn routes(routes: &mut Routes) {
+    routes
+        .add(__path_healthz, healthz)
+        .add(__path_readyz, readyz)
+        .add(__path_metrics, metrics);
 }

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::health::Health;
+use crate::http::api::{ApiInfo, Routes};
 use crate::http::auth::{JwtKeys, parse_ttl};
 use crate::http::server::{self, Server, ServerOptions};
 use crate::settings::{JwtArgs, PostgresArgs, TelemetryArgs};
@@ -94,6 +95,28 @@ impl HttpService {
         let listener = server::bind(addr)?;
         let port = listener.local_addr()?.port();
         let server = server::start(listener, options, health.clone(), routes)?;
+        Ok(Self {
+            server,
+            health,
+            port,
+        })
+    }
+
+    /// Binds `addr` and starts serving an API: `routes`, the health endpoints, and
+    /// `GET /openapi.json` documenting all of them under `info`.
+    ///
+    /// # Errors
+    /// A busy or invalid address, or a route that is not (or wrongly) documented.
+    pub fn start_api(
+        addr: SocketAddr,
+        options: ServerOptions,
+        health: Health,
+        info: &ApiInfo,
+        routes: Routes,
+    ) -> anyhow::Result<Self> {
+        let listener = server::bind(addr)?;
+        let port = listener.local_addr()?.port();
+        let server = server::start_api(listener, options, health.clone(), info, routes)?;
         Ok(Self {
             server,
             health,

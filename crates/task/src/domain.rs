@@ -11,7 +11,7 @@ use time::{Date, OffsetDateTime};
 use uuid::Uuid;
 
 /// Where a task is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TaskStatus {
     /// Created, not started.
@@ -52,7 +52,7 @@ impl TaskStatus {
 }
 
 /// What kind of study a task is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TaskType {
     /// Learning new material.
@@ -102,19 +102,26 @@ impl TaskType {
 
 /// The task aggregate; serialised, it is also the TaskView of http-api.md, whose field names
 /// (and bounds) these are. The command side stores it as the row, the projection as the view.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(as = TaskView)]
 #[allow(missing_docs)] // the fields are TaskView's, documented in http-api.md
 pub struct Task {
     pub id: Uuid,
     /// The owner: the only user who sees or changes it.
     pub user_id: Uuid,
     /// Trimmed, 1–255 characters.
+    #[schema(min_length = 1, max_length = 255)]
     pub title: String,
     #[serde(rename = "type")]
     pub task_type: TaskType,
+    /// Up to 20 tags of 1–32 characters.
+    #[schema(schema_with = tags_schema)]
     pub tags: Vec<String>,
+    #[schema(minimum = 1, maximum = 1440)]
     pub estimated_minutes: i32,
+    #[schema(minimum = 1, maximum = 5)]
     pub priority: i16,
+    #[schema(minimum = 1, maximum = 5)]
     pub difficulty: i16,
     pub status: TaskStatus,
     #[serde(with = "module_kit::dates::option")]
@@ -124,6 +131,7 @@ pub struct Task {
     #[serde(with = "time::serde::rfc3339::option")]
     pub completed_at: Option<OffsetDateTime>,
     /// Minutes actually spent, set on completion.
+    #[schema(minimum = 0, maximum = 1440)]
     pub actual_minutes: Option<i32>,
     /// The completion note.
     pub note: Option<String>,
@@ -135,9 +143,15 @@ pub struct Task {
     pub updated_at: OffsetDateTime,
     /// Soft-deleted: kept as a row, gone from every read (404).
     #[serde(skip)]
+    #[schema(ignore)]
     pub deleted: bool,
     /// The aggregate version: the number of events so far.
     pub version: i64,
+}
+
+/// The tags of a task (at most 20 of 1–32 characters), as a schema.
+pub(crate) fn tags_schema() -> utoipa::openapi::schema::Array {
+    module_kit::input::string_list_schema(20, 1..=32, false)
 }
 
 /// Create a task: a `POST /v1/tasks` body once validated ([`crate::input`]), every field

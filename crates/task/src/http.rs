@@ -1,19 +1,22 @@
-//! The task routes. command-api mounts [`command_routes`], query-api [`query_routes`] (both
-//! through the module's registry entry); each expects its app data (listed on the function).
+//! The task routes, each registered with its OpenAPI operation. command-api mounts
+//! [`command_routes`], query-api [`query_routes`] (both through the module's registry entry);
+//! each expects its app data (listed on the function).
 
 use actix_web::{HttpRequest, HttpResponse, web};
-use module_kit::paging::PageRequest;
+use module_kit::paging::{Page, PageRequest};
 use serde::Deserialize;
-use service_kit::command::{CommandMeta, CommandRunner, if_match};
+use service_kit::command::{CommandAccepted, CommandMeta, CommandRunner, IfMatch, if_match};
 use service_kit::consistency::ConsistencyWait;
 use service_kit::http::auth::AuthUser;
 use service_kit::http::extract::{JsonBody, OptionalJsonBody, parse_uuid, query_config};
-use service_kit::http::{ApiError, resource};
+use service_kit::http::{ApiError, ErrorBody, Routes};
 use service_kit::read_side::ReadSide;
+use utoipa::IntoParams;
 use uuid::Uuid;
 
-use crate::domain::{TaskCommand, TaskError, TaskStatus};
+use crate::domain::{Task as TaskView, TaskCommand, TaskError, TaskStatus};
 use crate::input::{AbandonTaskBody, CompleteTaskBody, CreateTaskBody, UpdateTaskBody};
+use crate::projection::TaskStats;
 use crate::{queries, store};
 
 impl From<TaskError> for ApiError {
@@ -34,40 +37,50 @@ impl From<TaskError> for ApiError {
     }
 }
 
-/// Registers the task commands. App data: `web::Data<CommandRunner>`,
-/// `web::Data<service_kit::http::auth::JwtKeys>`.
-pub fn command_routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/v1/tasks").route(web::post().to(create)))
-        .service(
-            resource("/v1/tasks/{id}")
-                .route(web::patch().to(with_body::<JsonBody<UpdateTaskBody>>))
-                .route(web::delete().to(delete)),
-        )
-        .service(resource("/v1/tasks/{id}/start").route(web::post().to(start)))
-        .service(
-            resource("/v1/tasks/{id}/complete")
-                .route(web::post().to(with_body::<JsonBody<CompleteTaskBody>>)),
-        )
-        .service(
-            resource("/v1/tasks/{id}/abandon")
-                .route(web::post().to(with_body::<OptionalJsonBody<AbandonTaskBody>>)),
-        );
+/// Registers the task commands, each with its operation. App data:
+/// `web::Data<CommandRunner>`, `web::Data<service_kit::http::auth::JwtKeys>`.
+pub fn command_routes(routes: &mut Routes) {
+    routes
+        .add(__path_create, create)
+        .add(__path_update, update)
+        .add(__path_delete, delete)
+        .add(__path_start, start)
+        .add(__path_complete, complete)
+        .add(__path_abandon, abandon);
 }
 
-/// Registers the task queries, reading through `reads`. App data:
+/// Registers the task queries, each with its operation, reading through `reads`. App data:
 /// `web::Data<service_kit::http::auth::JwtKeys>`.
-pub fn query_routes(cfg: &mut web::ServiceConfig, reads: &ReadSide) {
-    let reads = web::Data::new(reads.clone());
-    let get = |path| {
-        resource(path)
-            .app_data(reads.clone())
-            .app_data(query_config())
-    };
-    cfg.service(get("/v1/tasks/{id}").route(web::get().to(get_task)))
-        .service(get("/v1/me/tasks").route(web::get().to(list_tasks)))
-        .service(get("/v1/me/task-stats").route(web::get().to(task_stats)));
+pub fn query_routes(routes: &mut Routes, reads: &ReadSide) {
+    routes
+        .with_data(web::Data::new(reads.clone()))
+        .with_data(query_config())
+        .add(__path_get_task, get_task)
+        .add(__path_list_tasks, list_tasks)
+        .add(__path_task_stats, task_stats);
 }
 
+/// Creates a task (status `pending`, event `task.created`).
+#[utoipa::path(
+    post,
+    path = "/v1/tasks",
+    tag = "tasks",
+    params(CommandMeta),
+    request_body = CreateTaskBody,
+    responses(
+        (status = 201, description = "Created", body = CommandAccepted, headers(
+            ("location" = String, description = "The task: `/v1/tasks/{id}`"),
+            ("idempotency-replayed" = String, description = "`true` on a replayed answer"),
+        )),
+        (status = 400, description = "Malformed body, or a field or header breaks its rule", body = ErrorBody),
+        (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 409, description = "`idempotency_key_reused`, or a concurrent write", body = ErrorBody),
+        (status = 413, description = "Body over 64 KiB", body = ErrorBody),
+        (status = 415, description = "Body is not `application/json`", body = ErrorBody),
+        (status = 503, description = "PostgreSQL is unavailable; nothing was written", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 #[tracing::instrument(skip_all, fields(user_id = %user.0))]
 async fn create(
     user: AuthUser,
@@ -134,17 +147,124 @@ async fn on_task(
         .await
 }
 
-async fn with_body<B: CommandBody + actix_web::FromRequest>(
+/// Edits a task: only changed fields produce `task.updated`; `null` clears the due date.
+#[utoipa::path(
+    patch,
+    path = "/v1/tasks/{id}",
+    tag = "tasks",
+    params(("id" = Uuid, Path, description = "The task"), CommandMeta, IfMatch),
+    request_body = UpdateTaskBody,
+    responses(
+        (status = 200, description = "Done (`changed: false` when nothing changed)", body = CommandAccepted, headers(
+            ("idempotency-replayed" = String, description = "`true` on a replayed answer"),
+        )),
+        (status = 400, description = "Bad id, malformed body, or a field or header breaks its rule", body = ErrorBody),
+        (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 404, description = "No such task of the caller's (unknown, deleted, or another user's)", body = ErrorBody),
+        (status = 409, description = "`idempotency_key_reused`, or a concurrent write", body = ErrorBody),
+        (status = 412, description = "`If-Match` differs from the current version", body = ErrorBody),
+        (status = 413, description = "Body over 64 KiB", body = ErrorBody),
+        (status = 415, description = "Body is not `application/json`", body = ErrorBody),
+        (status = 503, description = "PostgreSQL is unavailable; nothing was written", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
+async fn update(
     req: HttpRequest,
     user: AuthUser,
     meta: CommandMeta,
     runner: web::Data<CommandRunner>,
     id: web::Path<String>,
-    body: B,
+    body: JsonBody<UpdateTaskBody>,
 ) -> Result<HttpResponse, ApiError> {
     on_task(&req, user, &meta, &runner, &id, body).await
 }
 
+/// Completes a task in progress (`task.completed`).
+#[utoipa::path(
+    post,
+    path = "/v1/tasks/{id}/complete",
+    tag = "tasks",
+    params(("id" = Uuid, Path, description = "The task"), CommandMeta, IfMatch),
+    request_body = CompleteTaskBody,
+    responses(
+        (status = 200, description = "Done (`changed: false` when nothing changed)", body = CommandAccepted, headers(
+            ("idempotency-replayed" = String, description = "`true` on a replayed answer"),
+        )),
+        (status = 400, description = "Bad id, malformed body, or a field or header breaks its rule", body = ErrorBody),
+        (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 404, description = "No such task of the caller's (unknown, deleted, or another user's)", body = ErrorBody),
+        (status = 409, description = "`invalid_transition` (not in progress), `idempotency_key_reused`, or a concurrent write", body = ErrorBody),
+        (status = 412, description = "`If-Match` differs from the current version", body = ErrorBody),
+        (status = 413, description = "Body over 64 KiB", body = ErrorBody),
+        (status = 415, description = "Body is not `application/json`", body = ErrorBody),
+        (status = 503, description = "PostgreSQL is unavailable; nothing was written", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
+async fn complete(
+    req: HttpRequest,
+    user: AuthUser,
+    meta: CommandMeta,
+    runner: web::Data<CommandRunner>,
+    id: web::Path<String>,
+    body: JsonBody<CompleteTaskBody>,
+) -> Result<HttpResponse, ApiError> {
+    on_task(&req, user, &meta, &runner, &id, body).await
+}
+
+/// Abandons a pending or in-progress task (`task.abandoned`); the body is optional.
+#[utoipa::path(
+    post,
+    path = "/v1/tasks/{id}/abandon",
+    tag = "tasks",
+    params(("id" = Uuid, Path, description = "The task"), CommandMeta, IfMatch),
+    request_body = Option<AbandonTaskBody>,
+    responses(
+        (status = 200, description = "Done (`changed: false` when nothing changed)", body = CommandAccepted, headers(
+            ("idempotency-replayed" = String, description = "`true` on a replayed answer"),
+        )),
+        (status = 400, description = "Bad id, malformed body, or a field or header breaks its rule", body = ErrorBody),
+        (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 404, description = "No such task of the caller's (unknown, deleted, or another user's)", body = ErrorBody),
+        (status = 409, description = "`invalid_transition` (completed or abandoned already), `idempotency_key_reused`, or a concurrent write", body = ErrorBody),
+        (status = 412, description = "`If-Match` differs from the current version", body = ErrorBody),
+        (status = 413, description = "Body over 64 KiB", body = ErrorBody),
+        (status = 415, description = "Body is not `application/json`", body = ErrorBody),
+        (status = 503, description = "PostgreSQL is unavailable; nothing was written", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
+async fn abandon(
+    req: HttpRequest,
+    user: AuthUser,
+    meta: CommandMeta,
+    runner: web::Data<CommandRunner>,
+    id: web::Path<String>,
+    body: OptionalJsonBody<AbandonTaskBody>,
+) -> Result<HttpResponse, ApiError> {
+    on_task(&req, user, &meta, &runner, &id, body).await
+}
+
+/// Starts a pending task (`task.started`).
+#[utoipa::path(
+    post,
+    path = "/v1/tasks/{id}/start",
+    tag = "tasks",
+    params(("id" = Uuid, Path, description = "The task"), CommandMeta, IfMatch),
+    responses(
+        (status = 200, description = "Done (`changed: false` when nothing changed)", body = CommandAccepted, headers(
+            ("idempotency-replayed" = String, description = "`true` on a replayed answer"),
+        )),
+        (status = 400, description = "Bad id, malformed body, or a field or header breaks its rule", body = ErrorBody),
+        (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 404, description = "No such task of the caller's (unknown, deleted, or another user's)", body = ErrorBody),
+        (status = 409, description = "`invalid_transition` (not pending), `idempotency_key_reused`, or a concurrent write", body = ErrorBody),
+        (status = 412, description = "`If-Match` differs from the current version", body = ErrorBody),
+        (status = 503, description = "PostgreSQL is unavailable; nothing was written", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 async fn start(
     req: HttpRequest,
     user: AuthUser,
@@ -155,6 +275,25 @@ async fn start(
     on_task(&req, user, &meta, &runner, &id, TaskCommand::Start).await
 }
 
+/// Deletes a task (soft, `task.deleted`): it answers 404 everywhere afterwards.
+#[utoipa::path(
+    delete,
+    path = "/v1/tasks/{id}",
+    tag = "tasks",
+    params(("id" = Uuid, Path, description = "The task"), CommandMeta, IfMatch),
+    responses(
+        (status = 200, description = "Done (`changed: false` when nothing changed)", body = CommandAccepted, headers(
+            ("idempotency-replayed" = String, description = "`true` on a replayed answer"),
+        )),
+        (status = 400, description = "Bad id, malformed body, or a field or header breaks its rule", body = ErrorBody),
+        (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 404, description = "No such task of the caller's (unknown, deleted, or another user's)", body = ErrorBody),
+        (status = 409, description = "`idempotency_key_reused`, or a concurrent write", body = ErrorBody),
+        (status = 412, description = "`If-Match` differs from the current version", body = ErrorBody),
+        (status = 503, description = "PostgreSQL is unavailable; nothing was written", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 async fn delete(
     req: HttpRequest,
     user: AuthUser,
@@ -168,6 +307,25 @@ async fn delete(
 /// The read side of a query route.
 type Reads = web::Data<ReadSide>;
 
+/// One of the caller's tasks.
+#[utoipa::path(
+    get,
+    path = "/v1/tasks/{id}",
+    tag = "tasks",
+    params(("id" = Uuid, Path, description = "The task"), ConsistencyWait),
+    responses(
+        (status = 200, description = "The answer", body = TaskView, headers(
+            ("x-consistency" = String, description = "`fresh` or `stale`: sent when `X-Consistency-Token` was"),
+        )),
+        (status = 400, description = "Bad id, `X-Consistency-Token` or `wait_ms`", body = ErrorBody),
+        (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 404, description = "No such task of the caller's (unknown, deleted, another user's, or not visible yet: then `X-Consistency: stale`)", body = ErrorBody, headers(
+            ("x-consistency" = String, description = "`fresh` or `stale`: sent when `X-Consistency-Token` was"),
+        )),
+        (status = 503, description = "Redis is unavailable, or the read model is being built from nothing", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 async fn get_task(
     user: AuthUser,
     wait: ConsistencyWait,
@@ -187,13 +345,37 @@ async fn get_task(
     }))
 }
 
-#[derive(Debug, Deserialize)]
+/// The query of a task list. Read as strings so that a bad value answers 400 naming its
+/// field; documented with the types they must parse as.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListParams {
+    /// Only the tasks in this status.
+    #[param(value_type = Option<TaskStatus>)]
     status: Option<String>,
+    /// Page size, 1–100 (default 20).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 100)]
     limit: Option<String>,
+    /// The previous page's `next_cursor`.
     cursor: Option<String>,
 }
 
+/// The caller's live tasks, newest first.
+#[utoipa::path(
+    get,
+    path = "/v1/me/tasks",
+    tag = "tasks",
+    params(ListParams, ConsistencyWait),
+    responses(
+        (status = 200, description = "The answer", body = Page<TaskView>, headers(
+            ("x-consistency" = String, description = "`fresh` or `stale`: sent when `X-Consistency-Token` was"),
+        )),
+        (status = 400, description = "Bad `status`, `limit`, `cursor`, `X-Consistency-Token` or `wait_ms`", body = ErrorBody),
+        (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 503, description = "Redis is unavailable, or the read model is being built from nothing", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 async fn list_tasks(
     user: AuthUser,
     wait: ConsistencyWait,
@@ -226,10 +408,27 @@ async fn list_tasks(
         queries::parse_views(reads.fetch(queries::views_cmd(&read.keys, &ids)).await?)?
     };
     Ok(read.answer(
-        HttpResponse::Ok().json(serde_json::json!({"items": items, "next_cursor": next_cursor})),
+        // Through a `Value` (sorted keys, in the items too), as lists have always been written.
+        HttpResponse::Ok().json(serde_json::json!(Page { items, next_cursor })),
     ))
 }
 
+/// The caller's task statistics over live tasks.
+#[utoipa::path(
+    get,
+    path = "/v1/me/task-stats",
+    tag = "tasks",
+    params(ConsistencyWait),
+    responses(
+        (status = 200, description = "The answer", body = TaskStats, headers(
+            ("x-consistency" = String, description = "`fresh` or `stale`: sent when `X-Consistency-Token` was"),
+        )),
+        (status = 400, description = "Bad `X-Consistency-Token` or `wait_ms`", body = ErrorBody),
+        (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 503, description = "Redis is unavailable, or the read model is being built from nothing", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 async fn task_stats(
     user: AuthUser,
     wait: ConsistencyWait,

@@ -9,68 +9,98 @@ use uuid::Uuid;
 
 use crate::domain::{CreateTask, TaskCommand, TaskError, TaskType, UpdateTask};
 
+// The bodies' schemas state the rules below as far as JSON Schema can (the document is what
+// clients and the fuzzer generate from); the validation functions stay the authority. The
+// patterns are module_kit::input::{TEXT_PATTERN, NO_NUL_PATTERN} (utoipa takes literals only;
+// a test checks they agree).
+
 /// `POST /v1/tasks`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateTaskBody {
     /// 1–255 characters, trimmed, not blank.
+    #[schema(
+        min_length = 1,
+        max_length = 255,
+        pattern = r"^[^\x00]*[^\s\x00][^\x00]*$"
+    )]
     pub title: String,
     /// One of the task types.
     #[serde(rename = "type")]
+    #[schema(value_type = TaskType)]
     pub task_type: String,
     /// 1–1440.
+    #[schema(minimum = 1, maximum = 1440)]
     pub estimated_minutes: i64,
     /// 1–5, default 3.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 5, default = 3)]
     pub priority: Option<i64>,
     /// 1–5, default 1.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 5, default = 1)]
     pub difficulty: Option<i64>,
     /// `YYYY-MM-DD`.
     #[serde(default)]
+    #[schema(value_type = Option<time::Date>)]
     pub due_date: Option<String>,
-    /// At most 20 tags of 1–32 characters.
+    /// At most 20 tags of 1–32 characters (trimmed).
     #[serde(default)]
+    #[schema(schema_with = optional_tags_schema)]
     pub tags: Option<Vec<String>>,
 }
 
-/// `PATCH /v1/tasks/{id}`: at least one field.
-#[derive(Debug, Clone, Default, Deserialize)]
+fn optional_tags_schema() -> utoipa::openapi::schema::Array {
+    module_kit::input::string_list_schema(20, 1..=32, true)
+}
+
+/// `PATCH /v1/tasks/{id}`: at least one field. Each follows the rule of `POST /v1/tasks`.
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(min_properties = 1)]
 #[allow(missing_docs)] // the fields of `POST /v1/tasks`, each optional here
 pub struct UpdateTaskBody {
     #[serde(default)]
+    #[schema(value_type = String, min_length = 1, max_length = 255, pattern = r"^[^\x00]*[^\s\x00][^\x00]*$")]
     pub title: Patch<String>,
     #[serde(default)]
+    #[schema(value_type = i64, minimum = 1, maximum = 1440)]
     pub estimated_minutes: Patch<i64>,
     #[serde(default)]
+    #[schema(value_type = i64, minimum = 1, maximum = 5)]
     pub priority: Patch<i64>,
     #[serde(default)]
+    #[schema(value_type = i64, minimum = 1, maximum = 5)]
     pub difficulty: Patch<i64>,
     /// `null` clears the due date; only this field may be `null`.
     #[serde(default)]
+    #[schema(value_type = Option<time::Date>)]
     pub due_date: Patch<String>,
     #[serde(default)]
+    #[schema(schema_with = crate::domain::tags_schema)]
     pub tags: Patch<Vec<String>>,
 }
 
 /// `POST /v1/tasks/{id}/complete`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CompleteTaskBody {
     /// 0–1440.
+    #[schema(minimum = 0, maximum = 1440)]
     pub actual_minutes: i64,
     /// At most 2000 characters.
     #[serde(default)]
+    #[schema(max_length = 2000, pattern = r"^[^\x00]*$")]
     pub note: Option<String>,
 }
 
 /// `POST /v1/tasks/{id}/abandon` (body optional).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AbandonTaskBody {
     /// At most 2000 characters.
     #[serde(default)]
+    #[schema(max_length = 2000, pattern = r"^[^\x00]*$")]
     pub reason: Option<String>,
 }
 
@@ -272,6 +302,27 @@ mod tests {
         };
         assert_eq!((u.priority, u.tags), (Some(5), Some(vec!["a".to_owned()])));
         assert_eq!(field(parse(json!({"priority": 9}))), "priority");
+    }
+
+    #[test]
+    fn the_documented_patterns_are_the_validation_rules() {
+        use utoipa::PartialSchema as _;
+        let json = |s| serde_json::to_value(s).expect("json");
+        let create = json(CreateTaskBody::schema());
+        let update = json(UpdateTaskBody::schema());
+        for title in [
+            &create["properties"]["title"],
+            &update["properties"]["title"],
+        ] {
+            assert_eq!(title["pattern"], module_kit::input::TEXT_PATTERN);
+        }
+        for text in [
+            &json(CompleteTaskBody::schema())["properties"]["note"],
+            &json(AbandonTaskBody::schema())["properties"]["reason"],
+            &create["properties"]["tags"]["items"],
+        ] {
+            assert_eq!(text["pattern"], module_kit::input::NO_NUL_PATTERN);
+        }
     }
 
     #[test]

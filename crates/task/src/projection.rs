@@ -23,7 +23,7 @@ use crate::domain::{Task, TaskError, TaskEvent, TaskStatus, evolve};
 
 /// The per-user statistics of http-api.md (field names are the wire format), over the user's
 /// live (non-deleted) tasks.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[allow(missing_docs)] // counts of live tasks, in total and per status
 pub struct TaskStats {
     pub total_tasks: i64,

@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used)]
 
 pub mod events_check;
+pub mod openapi;
 pub mod process;
 pub mod proxy;
 pub mod servers;

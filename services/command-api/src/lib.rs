@@ -8,6 +8,8 @@ use actix_web::web;
 use clap::{Args, Parser};
 use service_kit::command::CommandRunner;
 use service_kit::health::Health;
+use service_kit::http::Routes;
+use service_kit::http::api::{ApiInfo, BEARER, jwt_bearer};
 use service_kit::http::auth::JwtKeys;
 use service_kit::http::server::ServerOptions;
 use service_kit::settings::{JwtArgs, PostgresArgs, ShutdownArgs, StreamArgs, TelemetryArgs};
@@ -75,12 +77,16 @@ impl Application {
             workers: settings.http_workers,
             grace: settings.shutdown.grace(),
         };
-        let http = HttpService::start(settings.http_addr, options, health, move |cfg| {
-            cfg.app_data(runner.clone()).app_data(jwt.clone());
-            for module in modules::ALL {
-                cfg.configure(module.command_routes);
-            }
-        })?;
+        let mut routes = Routes::new();
+        routes
+            .app_data(runner)
+            .app_data(jwt)
+            .security_scheme(BEARER, jwt_bearer());
+        for module in modules::ALL {
+            (module.command_routes)(&mut routes);
+        }
+        let info = ApiInfo::new("command-api", env!("CARGO_PKG_VERSION"));
+        let http = HttpService::start_api(settings.http_addr, options, health, &info, routes)?;
         tracing::info!(port = http.port(), "command-api listening");
         Ok(Self { http, pool })
     }

@@ -7,6 +7,8 @@ use std::net::SocketAddr;
 use actix_web::web;
 use clap::{Args, Parser};
 use service_kit::health::Health;
+use service_kit::http::Routes;
+use service_kit::http::api::{ApiInfo, BEARER, jwt_bearer};
 use service_kit::http::auth::JwtKeys;
 use service_kit::http::server::ServerOptions;
 use service_kit::read_side::ReadSides;
@@ -74,12 +76,13 @@ impl Application {
             workers: settings.http_workers,
             grace: settings.shutdown.grace(),
         };
-        let http = HttpService::start(settings.http_addr, options, health, move |cfg| {
-            cfg.app_data(jwt.clone());
-            for module in modules::ALL {
-                (module.query_routes)(cfg, &reads.of(module.spec));
-            }
-        })?;
+        let mut routes = Routes::new();
+        routes.app_data(jwt).security_scheme(BEARER, jwt_bearer());
+        for module in modules::ALL {
+            (module.query_routes)(&mut routes, &reads.of(module.spec));
+        }
+        let info = ApiInfo::new("query-api", env!("CARGO_PKG_VERSION"));
+        let http = HttpService::start_api(settings.http_addr, options, health, &info, routes)?;
         tracing::info!(port = http.port(), "query-api listening");
         Ok(Self { http })
     }

@@ -9,8 +9,35 @@ use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpResponse, ResponseError};
 use outbox::OutboxError;
+use serde::Serialize;
 use serde_json::{Value, json};
 use streams::StreamError;
+
+/// The body of every error answer; also its schema in the OpenAPI documents, so that every
+/// documented error status points at this one shape.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong.
+    pub error: ErrorDetail,
+}
+
+/// The inside of [`ErrorBody`].
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// Stable, for programs: `invalid_json`, `validation_failed`, `unauthorized`, `forbidden`,
+    /// `not_found`, `method_not_allowed`, `invalid_transition`, `conflict`,
+    /// `idempotency_key_reused`, `version_mismatch`, `payload_too_large`,
+    /// `unsupported_media_type`, `unavailable` (and `internal` for a bug).
+    #[schema(example = "validation_failed")]
+    pub code: &'static str,
+    /// For humans; never internals.
+    #[schema(example = "title must not be blank")]
+    pub message: String,
+    /// Machine-readable context: `field` for a validation failure, `expected_version` and
+    /// `current_version` for a version mismatch, `limit_bytes` for a body too large.
+    #[schema(value_type = Object)]
+    pub details: Value,
+}
 
 /// Every error an API answers with.
 #[derive(Debug, thiserror::Error)]
@@ -123,10 +150,25 @@ impl ApiError {
         }
     }
 
-    /// The JSON body of this error.
+    /// The body of this error.
+    #[must_use]
+    pub fn error_body(&self) -> ErrorBody {
+        ErrorBody {
+            error: ErrorDetail {
+                code: self.code(),
+                message: self.to_string(),
+                details: self.details(),
+            },
+        }
+    }
+
+    /// The JSON body of this error. Through a [`Value`], whose keys are sorted: the bytes every
+    /// client has seen so far.
     #[must_use]
     pub fn body(&self) -> Value {
-        json!({"error": {"code": self.code(), "message": self.to_string(), "details": self.details()}})
+        // `json!` of a struct of strings and a `Value` cannot fail (only non-string map keys
+        // can).
+        json!(self.error_body())
     }
 }
 

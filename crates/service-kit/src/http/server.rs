@@ -11,6 +11,7 @@ use actix_web::{App, HttpServer, web};
 use tokio_util::sync::CancellationToken;
 
 use crate::health::{self, Health};
+use crate::http::api::{ApiInfo, Routes};
 use crate::http::middleware::observe;
 use crate::http::not_found;
 
@@ -32,11 +33,47 @@ pub struct ServerOptions {
     pub grace: Duration,
 }
 
-/// Starts serving on `listener`: the common routes plus `routes`.
+/// Starts serving on `listener`: the common routes (`/healthz`, `/readyz`, `/metrics`) plus
+/// `routes`. For a process whose only HTTP face is its health; APIs use [`start_api`].
 ///
 /// # Errors
 /// When the listener cannot be used.
 pub fn start<F>(
+    listener: TcpListener,
+    options: ServerOptions,
+    health: Health,
+    routes: F,
+) -> anyhow::Result<Server>
+where
+    F: Fn(&mut web::ServiceConfig) + Send + Clone + 'static,
+{
+    let mut common = Routes::new();
+    health::routes(&mut common);
+    let (common, _) = common.into_parts()?;
+    serve(listener, options, health, move |cfg| {
+        common(cfg);
+        routes(cfg);
+    })
+}
+
+/// Starts serving an API on `listener`: `routes`, the common routes, and `GET /openapi.json`
+/// with the document of all of them, titled by `info`.
+///
+/// # Errors
+/// When the listener cannot be used, or a route is not (or wrongly) documented.
+pub fn start_api(
+    listener: TcpListener,
+    options: ServerOptions,
+    health: Health,
+    info: &ApiInfo,
+    mut routes: Routes,
+) -> anyhow::Result<Server> {
+    health::routes(&mut routes);
+    let (configure, _) = routes.into_api(info)?;
+    serve(listener, options, health, configure)
+}
+
+fn serve<F>(
     listener: TcpListener,
     options: ServerOptions,
     health: Health,
@@ -52,7 +89,6 @@ where
         App::new()
             .wrap(from_fn(observe))
             .app_data(health_data.clone())
-            .configure(health::routes)
             .configure(routes.clone())
             .default_service(web::to(not_found))
     })

@@ -3,6 +3,7 @@
 mod commands;
 mod helpers;
 mod idempotency;
+mod openapi;
 mod operations;
 mod process;
 mod validation;

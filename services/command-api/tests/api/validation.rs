@@ -278,3 +278,42 @@ async fn every_bad_input_is_rejected_with_its_code_and_writes_nothing() {
         .get(0);
     assert_eq!(version, 1);
 }
+
+/// PostgreSQL stores no U+0000 in `text` or `jsonb`: a NUL in any text field is refused with
+/// 400 naming the field, not a failed transaction answered 500 (found by schemathesis).
+#[tokio::test]
+async fn text_with_a_nul_character_is_refused_naming_its_field() {
+    let app = spawn_app().await;
+    let user = Uuid::now_v7();
+    let id = id_of(&app.create(user).await);
+    let mut created = task_body();
+    created["title"] = json!("a\u{0}b");
+    let mut tagged = task_body();
+    tagged["tags"] = json!(["ok", "\u{0}"]);
+    let cases = [
+        (Method::POST, "/v1/tasks".to_owned(), created, "title"),
+        (Method::POST, "/v1/tasks".to_owned(), tagged, "tags"),
+        (
+            Method::PATCH,
+            format!("/v1/tasks/{id}"),
+            json!({"title": "\u{0}"}),
+            "title",
+        ),
+        (
+            Method::POST,
+            format!("/v1/tasks/{id}/abandon"),
+            json!({"reason": "no\u{0}"}),
+            "reason",
+        ),
+    ];
+    for (method, path, body, field) in cases {
+        let a = app.send(method, &path, Some(user), Some(body), &[]).await;
+        assert_eq!(
+            (a.status, a.code(), a.field()),
+            (StatusCode::BAD_REQUEST, "validation_failed", field),
+            "{path}: {:?}",
+            a.body
+        );
+    }
+    assert_eq!(app.counts().await, (1, 1, 1), "nothing written");
+}

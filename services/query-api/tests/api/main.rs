@@ -3,4 +3,5 @@
 mod consistency;
 mod generations;
 mod helpers;
+mod openapi;
 mod reads;
