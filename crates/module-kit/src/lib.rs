@@ -51,6 +51,31 @@ pub struct Module {
     /// answer and what PostgreSQL says the answer holds. The pipeline tests check it after
     /// every scenario (under faults too); it is also how to audit a live read model.
     pub expected_reads: ExpectedReads,
+    /// Random commands as the module's users send them: the pipeline tests' load (chaos,
+    /// self-repair, property tests) drives every module of the registry through this.
+    pub traffic: fn() -> Box<dyn Traffic>,
+}
+
+/// One command of a module's random traffic.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CommandCall {
+    /// `GET`, `POST`, `PUT`, `PATCH` or `DELETE`.
+    pub method: &'static str,
+    /// The path, e.g. `/v1/tasks/<id>/start`.
+    pub path: String,
+    /// The JSON body, if the command has one.
+    pub body: Option<serde_json::Value>,
+}
+
+/// A module's random traffic: what its users would send next, learning from the answers (the
+/// ids they created, what they liked). One instance serves every user of a test, so commands
+/// may touch what other users made.
+pub trait Traffic: Send {
+    /// The next command of `user`; `pick(n)` is a random number below `n` (at least 1).
+    fn next(&mut self, user: Uuid, pick: &mut dyn FnMut(usize) -> usize) -> CommandCall;
+    /// What the API answered to `call` of `user`. Only 200, 201, 403, 404 and 409 are answers
+    /// a valid client can get; the traffic must not send what would earn anything else.
+    fn answered(&mut self, user: Uuid, call: &CommandCall, status: u16, body: &serde_json::Value);
 }
 
 /// See [`Module::expected_reads`].

@@ -151,3 +151,83 @@ mod tests {
         assert_eq!(model.strings.len(), 50, "one view per task");
     }
 }
+
+/// Task types, as the API spells them.
+const TYPES: [&str; 6] = [
+    "learning",
+    "training",
+    "error_fix",
+    "reflection",
+    "social",
+    "planning",
+];
+
+/// Random task commands: each user creates tasks, edits, starts, completes, abandons and
+/// deletes its own (transitions that are not allowed any more answer 409, deleted tasks 404).
+#[derive(Debug, Default)]
+pub struct TaskTraffic {
+    tasks: std::collections::HashMap<Uuid, Vec<String>>,
+}
+
+/// A fresh [`TaskTraffic`], for the registry.
+#[must_use]
+pub fn traffic() -> Box<dyn module_kit::Traffic> {
+    Box::new(TaskTraffic::default())
+}
+
+impl module_kit::Traffic for TaskTraffic {
+    fn next(
+        &mut self,
+        user: Uuid,
+        pick: &mut dyn FnMut(usize) -> usize,
+    ) -> module_kit::CommandCall {
+        use serde_json::json;
+        let mine = self.tasks.get(&user).map(Vec::as_slice).unwrap_or_default();
+        let choice = if mine.is_empty() { 0 } else { pick(10) };
+        let call = |method, path: String, body| module_kit::CommandCall { method, path, body };
+        if choice <= 2 {
+            return call(
+                "POST",
+                "/v1/tasks".to_owned(),
+                Some(json!({
+                    "title": format!("task {}", pick(1000)),
+                    "type": TYPES[pick(TYPES.len())],
+                    "estimated_minutes": 1 + pick(1440),
+                    "priority": 1 + pick(5),
+                    "tags": ["a", "b"],
+                })),
+            );
+        }
+        let id = &mine[pick(mine.len())];
+        match choice {
+            3 => call(
+                "PATCH",
+                format!("/v1/tasks/{id}"),
+                Some(json!({"estimated_minutes": 1 + pick(600), "title": "edited"})),
+            ),
+            4 | 5 => call("POST", format!("/v1/tasks/{id}/start"), None),
+            6 | 7 => call(
+                "POST",
+                format!("/v1/tasks/{id}/complete"),
+                Some(json!({"actual_minutes": pick(301)})),
+            ),
+            8 => call("POST", format!("/v1/tasks/{id}/abandon"), None),
+            _ => call("DELETE", format!("/v1/tasks/{id}"), None),
+        }
+    }
+
+    fn answered(
+        &mut self,
+        user: Uuid,
+        call: &module_kit::CommandCall,
+        status: u16,
+        body: &serde_json::Value,
+    ) {
+        if status == 201
+            && call.path == "/v1/tasks"
+            && let Some(id) = body["id"].as_str()
+        {
+            self.tasks.entry(user).or_default().push(id.to_owned());
+        }
+    }
+}

@@ -48,6 +48,7 @@ pub const MODULE: module_kit::Module = module_kit::Module {
     query_routes: http::query_routes,
     sample_history: contract::sample_history,
     expected_reads: contract::expected_reads,
+    traffic: contract::traffic,
 };
 
 #[cfg(test)]

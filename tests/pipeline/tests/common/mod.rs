@@ -11,22 +11,13 @@ use module_kit::{Expected, ExpectedRead};
 use rand::rngs::StdRng;
 use rand::{RngExt as _, SeedableRng as _};
 use reqwest::StatusCode;
-use serde_json::{Value, json};
+use serde_json::Value;
 use streams::{GenerationState, Generations};
 use test_kit::process::{Service, binary};
 use test_kit::{TestDb, TestRedis};
 use uuid::Uuid;
 
 pub const SECRET: &str = "pipeline-test-secret-0123";
-const TYPES: [&str; 6] = [
-    "learning",
-    "training",
-    "error_fix",
-    "reflection",
-    "social",
-    "planning",
-];
-
 /// What to start.
 pub struct Options {
     pub partitions: u32,
@@ -215,53 +206,51 @@ impl Pipeline {
     }
 
     /// Sends `per_user` random commands for each user, users concurrently, each user's in
-    /// sequence. Returns the answers by status. Every answer must be one a valid client can get.
+    /// sequence, each command of a module picked at random from the registry (every module's
+    /// own [`module_kit::Traffic`]). Returns the answers by status. Every answer must be one a
+    /// valid client can get.
     pub async fn random_commands(
         &self,
         users: &[Uuid],
         per_user: usize,
         seed: u64,
     ) -> BTreeMap<u16, usize> {
-        let statuses = futures::future::join_all(users.iter().enumerate().map(|(i, user)| async move {
-            let mut rng = StdRng::seed_from_u64(seed.wrapping_add(i as u64));
-            let mut tasks: Vec<String> = vec![];
-            let mut seen = BTreeMap::<u16, usize>::new();
-            for _ in 0..per_user {
-                let pick = if tasks.is_empty() { 0 } else { rng.random_range(0..10) };
-                let (method, path, body) = match pick {
-                    0..=2 => (
-                        reqwest::Method::POST,
-                        "/v1/tasks".to_owned(),
-                        Some(json!({
-                            "title": format!("task {}", rng.random_range(0..1000)),
-                            "type": TYPES[rng.random_range(0..TYPES.len())],
-                            "estimated_minutes": rng.random_range(1..=1440),
-                            "priority": rng.random_range(1..=5),
-                            "tags": ["a", "b"],
-                        })),
-                    ),
-                    other => {
-                        let id = &tasks[rng.random_range(0..tasks.len())];
-                        match other {
-                            3 => (reqwest::Method::PATCH, format!("/v1/tasks/{id}"), Some(json!({"estimated_minutes": rng.random_range(1..=600), "title": "edited"}))),
-                            4 | 5 => (reqwest::Method::POST, format!("/v1/tasks/{id}/start"), None),
-                            6 | 7 => (reqwest::Method::POST, format!("/v1/tasks/{id}/complete"), Some(json!({"actual_minutes": rng.random_range(0..=300)}))),
-                            8 => (reqwest::Method::POST, format!("/v1/tasks/{id}/abandon"), None),
-                            _ => (reqwest::Method::DELETE, format!("/v1/tasks/{id}"), None),
-                        }
-                    }
-                };
-                let (status, body) = self.command(*user, method, &path, body).await;
-                let status = status.as_u16();
-                *seen.entry(status).or_default() += 1;
-                assert!(matches!(status, 200 | 201 | 404 | 409), "unexpected {status} for {path}: {body}");
-                if status == 201 {
-                    tasks.push(body["id"].as_str().expect("id").to_owned());
+        let traffic: Vec<std::sync::Mutex<Box<dyn module_kit::Traffic>>> = modules::ALL
+            .iter()
+            .map(|m| std::sync::Mutex::new((m.traffic)()))
+            .collect();
+        let traffic = &traffic;
+        let statuses =
+            futures::future::join_all(users.iter().enumerate().map(|(i, user)| async move {
+                let mut rng = StdRng::seed_from_u64(seed.wrapping_add(i as u64));
+                let mut seen = BTreeMap::<u16, usize>::new();
+                for _ in 0..per_user {
+                    let module = &traffic[rng.random_range(0..traffic.len())];
+                    let call = {
+                        let mut pick = |n: usize| rng.random_range(0..n.max(1));
+                        module.lock().expect("traffic").next(*user, &mut pick)
+                    };
+                    let method =
+                        reqwest::Method::from_bytes(call.method.as_bytes()).expect("method");
+                    let (status, body) = self
+                        .command(*user, method, &call.path, call.body.clone())
+                        .await;
+                    let status = status.as_u16();
+                    *seen.entry(status).or_default() += 1;
+                    assert!(
+                        matches!(status, 200 | 201 | 403 | 404 | 409),
+                        "unexpected {status} for {} {}: {body}",
+                        call.method,
+                        call.path
+                    );
+                    module
+                        .lock()
+                        .expect("traffic")
+                        .answered(*user, &call, status, &body);
                 }
-            }
-            seen
-        }))
-        .await;
+                seen
+            }))
+            .await;
         let mut totals = BTreeMap::<u16, usize>::new();
         for s in statuses {
             for (k, v) in s {
