@@ -195,6 +195,11 @@ async fn every_route_refuses_missing_and_wrong_tokens_readonly_tokens_only_read_
         !text.contains(OPERATOR_TOKEN) && !text.contains(READONLY_TOKEN),
         "{text}"
     );
+    let log = p.services["admin-api"].log_text();
+    assert!(
+        !log.contains(OPERATOR_TOKEN) && !log.contains(READONLY_TOKEN),
+        "a token in the log:\n{log}"
+    );
     for (action, target, operator_outcome) in [
         ("projection.pause", P.to_owned(), "accepted"),
         ("projection.resume", P.to_owned(), "accepted"),
@@ -477,6 +482,43 @@ async fn a_rebuild_through_the_api_reports_progress_while_readers_always_get_rig
     assert_eq!(code, 0);
     let parsed: Value = serde_json::from_str(&out).expect("json for scripts");
     assert_eq!(parsed[0]["name"], P);
+    // A failing call exits non-zero with the API's reason.
+    let (code, out, err) = p.admin_cli(&["rebuild", "no_such_projection"]).await;
+    assert_ne!(code, 0, "{out}");
+    assert!(err.contains("404"), "{err}");
+
+    // Operations run in the workers: one started before admin-api dies ends while it is down,
+    // and admin-api, back, reports it.
+    let (s, started) = p
+        .admin(
+            Method::POST,
+            &format!("/admin/cqrs/projections/{P}/rebuild"),
+            Some(OPERATOR_TOKEN),
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{started}");
+    let id: Uuid = started["operation_id"]
+        .as_str()
+        .expect("id")
+        .parse()
+        .expect("uuid");
+    let admin = p.services.get_mut("admin-api").expect("admin-api");
+    admin.kill().await;
+    let store = outbox::operations::OperationStore::new(p.db.pool.clone());
+    eventually(
+        Duration::from_secs(60),
+        "the rebuild to end without admin-api",
+        || async {
+            let op = store.get(id).await.expect("pg").expect("row");
+            (op.state != outbox::operations::OperationState::Running).then_some(())
+        },
+    )
+    .await;
+    let admin = p.services.get_mut("admin-api").expect("admin-api");
+    admin.restart();
+    admin.wait_ready(Duration::from_secs(20)).await;
+    let (op, _) = wait_operation(&p, &id.to_string()).await;
+    assert_eq!(op["state"], "succeeded", "{op}");
     p.stop_all().await;
 }
 
