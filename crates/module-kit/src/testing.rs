@@ -15,8 +15,10 @@ use uuid::Uuid;
 pub struct MemoryModel {
     /// String keys.
     pub strings: BTreeMap<String, String>,
-    /// Sorted sets (members only: every list uses score 0).
+    /// Sorted sets' members.
     pub zsets: BTreeMap<String, BTreeSet<String>>,
+    /// Sorted sets' scores, by key and member, as `f64` bits (so the model stays `Eq`).
+    pub scores: BTreeMap<String, BTreeMap<String, u64>>,
     /// Hashes.
     pub hashes: BTreeMap<String, BTreeMap<String, String>>,
 }
@@ -35,16 +37,29 @@ impl MemoryModel {
                 Op::Del { key } => {
                     self.strings.remove(key);
                     self.zsets.remove(key);
+                    self.scores.remove(key);
                     self.hashes.remove(key);
                 }
-                Op::ZAdd { key, member, .. } => {
+                Op::ZAdd { key, member, score } => {
                     self.zsets
                         .entry(key.clone())
                         .or_default()
                         .insert(member.clone());
+                    self.scores
+                        .entry(key.clone())
+                        .or_default()
+                        .insert(member.clone(), score.to_bits());
                 }
                 Op::ZRem { key, member } => {
                     self.zsets.entry(key.clone()).or_default().remove(member);
+                    self.scores.entry(key.clone()).or_default().remove(member);
+                }
+                Op::ZKeepHighest { key, count } => {
+                    let ranked = self.ranked(key);
+                    for member in ranked.iter().skip(*count as usize) {
+                        self.zsets.entry(key.clone()).or_default().remove(member);
+                        self.scores.entry(key.clone()).or_default().remove(member);
+                    }
                 }
                 Op::HIncrBy { key, field, delta } => {
                     let value = self
@@ -88,6 +103,24 @@ impl MemoryModel {
     #[must_use]
     pub fn members(&self, key: &str) -> usize {
         self.zsets.get(key).map_or(0, BTreeSet::len)
+    }
+
+    /// A sorted set's members, highest score first (ties: the greatest member first), as
+    /// `ZREVRANGE` lists them.
+    #[must_use]
+    pub fn ranked(&self, key: &str) -> Vec<String> {
+        let mut members: Vec<(f64, String)> = self
+            .zsets
+            .get(key)
+            .into_iter()
+            .flatten()
+            .map(|m| {
+                let bits = self.scores.get(key).and_then(|s| s.get(m)).copied();
+                (bits.map_or(0.0, f64::from_bits), m.clone())
+            })
+            .collect();
+        members.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| b.1.cmp(&a.1)));
+        members.into_iter().map(|(_, m)| m).collect()
     }
 
     /// A hash field read as an integer (0 when absent, as `HINCRBY` starts).
@@ -225,6 +258,23 @@ mod tests {
             },
         ]);
         assert_eq!((m.get("v"), m.members("z")), (None, 0));
+        let add = |score: f64, member: &str| Op::ZAdd {
+            key: "r".into(),
+            score,
+            member: member.into(),
+        };
+        let keep = Op::ZKeepHighest {
+            key: "r".into(),
+            count: 2,
+        };
+        m.run(&[
+            add(2.0, "b"),
+            keep.clone(),
+            add(3.0, "c"),
+            add(1.0, "a"),
+            keep,
+        ]);
+        assert_eq!(m.ranked("r"), vec!["c".to_owned(), "b".to_owned()]);
         assert_eq!(m.state(&["v".into()]).get("v"), None);
     }
 

@@ -14,10 +14,11 @@ local APPLIED, DUPLICATE, GAP, FENCED, REFUSED, MOVED, NOT_READY = 1, 0, 2, 3, 4
 -- written); {FENCED, 0} (lease lost); {REFUSED, message} (nothing written, not acked);
 -- {MOVED, 0} (the generations are not those planned for); {NOT_READY, 0} (a target's read
 -- model has no marker: it is gone, or half gone).
-local arity = {SET = 1, DEL = 0, ZADD = 2, ZREM = 1, HINCRBY = 2, HSET = 2, HDEL = 1}
+local arity = {SET = 1, DEL = 0, ZADD = 2, ZREM = 1, HINCRBY = 2, HSET = 2, HDEL = 1, ZKEEPHIGHEST = 1}
 -- SET and DEL succeed on a key of any type, so only the others are checked (every call from
 -- Lua costs the script about a microsecond).
-local want = {ZADD = 'zset', ZREM = 'zset', HINCRBY = 'hash', HSET = 'hash', HDEL = 'hash'}
+local want = {ZADD = 'zset', ZREM = 'zset', HINCRBY = 'hash', HSET = 'hash', HDEL = 'hash',
+  ZKEEPHIGHEST = 'zset'}
 -- Nothing in a batch writes a lease, a generation pointer or a marker, so one read of each
 -- serves the whole call.
 local leases, generations, markers = {}, {}, {}
@@ -81,6 +82,9 @@ local function write(first, n)
     elseif op == 'HINCRBY' then redis.call('HINCRBY', key, ARGV[i + 2], ARGV[i + 3])
     elseif op == 'HSET' then redis.call('HSET', key, ARGV[i + 2], ARGV[i + 3])
     elseif op == 'HDEL' then redis.call('HDEL', key, ARGV[i + 2])
+    -- Keep the N members of highest score: drop ranks 0 .. -(N + 1).
+    elseif op == 'ZKEEPHIGHEST' then
+      redis.call('ZREMRANGEBYRANK', key, 0, -(tonumber(ARGV[i + 2]) + 1))
     end
     i = i + 2 + arity[op]
   end

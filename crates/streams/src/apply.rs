@@ -55,6 +55,11 @@ pub enum Op {
     },
     /// `HDEL key field`.
     HDel { key: String, field: String },
+    /// `ZREMRANGEBYRANK key 0 -(count + 1)`: keeps the `count` members of highest score (ties:
+    /// the lexicographically greatest), removes the rest. After a `ZADD`, the commutative way
+    /// to keep a bounded "newest N" list that several aggregates add to: whatever the order of
+    /// the adds, the set ends as the top `count` of everything added.
+    ZKeepHighest { key: String, count: u32 },
 }
 
 impl Op {
@@ -68,7 +73,8 @@ impl Op {
             | Self::ZRem { key, .. }
             | Self::HIncrBy { key, .. }
             | Self::HSet { key, .. }
-            | Self::HDel { key, .. } => key,
+            | Self::HDel { key, .. }
+            | Self::ZKeepHighest { key, .. } => key,
         }
     }
 }
@@ -186,6 +192,7 @@ fn op_args(op: &Op) -> (&'static str, Vec<String>) {
         Op::HIncrBy { field, delta, .. } => ("HINCRBY", vec![field.clone(), delta.to_string()]),
         Op::HSet { field, value, .. } => ("HSET", vec![field.clone(), value.clone()]),
         Op::HDel { field, .. } => ("HDEL", vec![field.clone()]),
+        Op::ZKeepHighest { count, .. } => ("ZKEEPHIGHEST", vec![count.to_string()]),
     }
 }
 

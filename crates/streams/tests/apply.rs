@@ -648,3 +648,65 @@ async fn an_apply_planned_for_other_generations_or_a_model_without_its_marker_wr
     let out = apply_batch(&mut *c, &[marked]).await.expect("apply");
     assert_eq!(out, vec![ApplyOutcome::Applied]);
 }
+
+/// `ZKeepHighest` after each `ZADD` keeps the top N whatever order the adds come in, and a
+/// key of another type is refused before anything is written.
+#[tokio::test]
+async fn keep_highest_keeps_the_top_members_in_any_order_of_adds() {
+    let r = TestRedis::new().await;
+    let key = format!("{}recent", r.prefix);
+    let add = |score: f64, member: &str| {
+        vec![
+            Op::ZAdd {
+                key: key.clone(),
+                score,
+                member: member.into(),
+            },
+            Op::ZKeepHighest {
+                key: key.clone(),
+                count: 3,
+            },
+        ]
+    };
+    let mut c = r.pools.commands.get().await.expect("conn");
+    // Five aggregates add one member each, newest first: the reverse of time order.
+    let scores = [5.0, 4.0, 1.0, 3.0, 2.0];
+    let items: Vec<ApplyItem> = scores
+        .iter()
+        .map(|s| item(&r, Uuid::now_v7(), 1, add(*s, &format!("m{s}")), None))
+        .collect();
+    let outcomes = apply_batch(&mut *c, &items).await.expect("apply");
+    assert!(
+        outcomes.iter().all(|o| *o == ApplyOutcome::Applied),
+        "{outcomes:?}"
+    );
+    let kept: Vec<String> = redis::cmd("ZREVRANGE")
+        .arg(&key)
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut *c)
+        .await
+        .expect("zrange");
+    assert_eq!(kept, vec!["m5", "m4", "m3"]);
+
+    raw_set(&mut *c, &format!("{}plain", r.prefix), "x").await;
+    let wrong = item(
+        &r,
+        Uuid::now_v7(),
+        1,
+        vec![
+            set(&r, "untouched", "y"),
+            Op::ZKeepHighest {
+                key: format!("{}plain", r.prefix),
+                count: 1,
+            },
+        ],
+        None,
+    );
+    let outcomes = apply_batch(&mut *c, &[wrong]).await.expect("apply");
+    assert!(
+        matches!(outcomes[0], ApplyOutcome::Rejected(_)),
+        "{outcomes:?}"
+    );
+    assert_eq!(get(&r, &format!("{}untouched", r.prefix)).await, None);
+}

@@ -86,7 +86,9 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         match inner.classify() {
             serde_json::error::Category::Data => {
                 let message = strip_position(&inner.to_string());
-                let field = unknown_field(&message).unwrap_or(path);
+                let field = unknown_field(&message)
+                    .or_else(|| missing_field(&message, &path))
+                    .unwrap_or(path);
                 ApiError::Validation {
                     message,
                     field: (!field.is_empty() && field != ".").then_some(field),
@@ -106,6 +108,18 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 fn unknown_field(message: &str) -> Option<String> {
     let rest = message.strip_prefix("unknown field `")?;
     Some(rest.split('`').next()?.to_owned())
+}
+
+/// serde names a missing field only in its message ("missing field `name`"), with the path of
+/// the object that lacks it: the field is that path plus the name.
+fn missing_field(message: &str, path: &str) -> Option<String> {
+    let rest = message.strip_prefix("missing field `")?;
+    let name = rest.split('`').next()?;
+    Some(if path.is_empty() || path == "." {
+        name.to_owned()
+    } else {
+        format!("{path}.{name}")
+    })
 }
 
 fn strip_position(message: &str) -> String {
@@ -223,8 +237,11 @@ mod tests {
             err("{\"title\": \"a\", \"minutes\": 1, \"x\": 1}"),
             ("validation_failed".into(), Some("x".into()))
         );
-        let (code, _) = err("{\"title\": \"a\"}");
-        assert_eq!(code, "validation_failed");
+        assert_eq!(
+            err("{\"title\": \"a\"}"),
+            ("validation_failed".into(), Some("minutes".into())),
+            "a missing required field is named"
+        );
     }
 
     #[test]
