@@ -31,6 +31,8 @@ pub struct TestApp {
     pub redis: TestRedis,
     pub db: TestDb,
     pub projector: Projector,
+    /// The galaxy's projector, on the galaxy stream.
+    pub galaxy: Projector,
     pub jwt: JwtKeys,
     pub http: reqwest::Client,
     pub shutdown: CancellationToken,
@@ -69,13 +71,21 @@ pub async fn spawn_app() -> TestApp {
     );
     projector.ensure_groups().await.expect("groups");
     projector.tick_leases().await.expect("leases");
-    // The projector has no database, so it builds nothing: generation 1 is served from the
+    let galaxy = Projector::new(
+        redis.pools.clone(),
+        None,
+        Arc::new(galaxy::GalaxyProjection),
+        ProjectorSettings::new("q"),
+    );
+    galaxy.ensure_groups().await.expect("groups");
+    galaxy.tick_leases().await.expect("leases");
+    // The projectors have no database, so they build nothing: generation 1 is served from the
     // start, as a built read model would be.
-    {
+    for (module, projection) in [("task", "task_projection"), ("galaxy", "galaxy_projection")] {
         let generations = Generations::new(
             &redis.pools.keys,
-            "task",
-            "task_projection",
+            module,
+            projection,
             GenerationState::default(),
         );
         let mut conn = redis.pools.commands.get().await.expect("redis");
@@ -86,6 +96,7 @@ pub async fn spawn_app() -> TestApp {
         redis,
         db,
         projector,
+        galaxy,
         jwt: JwtKeys::new(&Secret::new(SECRET)),
         http: reqwest::Client::new(),
         shutdown,
@@ -95,7 +106,12 @@ pub async fn spawn_app() -> TestApp {
 
 impl TestApp {
     pub async fn publish(&self, envelopes: &[EventEnvelope]) {
-        let stream = self.redis.pools.keys.routing(1).stream("task", 0);
+        self.publish_to("task", envelopes).await;
+    }
+
+    /// Publishes `envelopes` on `module`'s stream (one partition).
+    pub async fn publish_to(&self, module: &str, envelopes: &[EventEnvelope]) {
+        let stream = self.redis.pools.keys.routing(1).stream(module, 0);
         let json: Vec<String> = envelopes.iter().map(EventEnvelope::to_json).collect();
         let entries: Vec<_> = json
             .iter()
@@ -152,14 +168,15 @@ impl TestApp {
     }
 
     pub async fn project(&self) {
-        while self
-            .projector
-            .consume_once(None)
-            .await
-            .expect("consume")
-            .delivered
-            > 0
-        {}
+        for projector in [&self.projector, &self.galaxy] {
+            while projector
+                .consume_once(None)
+                .await
+                .expect("consume")
+                .delivered
+                > 0
+            {}
+        }
     }
 
     pub async fn get(

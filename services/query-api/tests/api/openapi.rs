@@ -26,6 +26,10 @@ async fn the_document_lists_every_route_and_the_routing_agrees_with_it() {
         "/v1/tasks/{id}",
         "/v1/me/tasks",
         "/v1/me/task-stats",
+        "/v1/galaxy/nodes/{id}",
+        "/v1/galaxy/nodes/{id}/relations",
+        "/v1/me/galaxy",
+        "/v1/me/galaxy/studies",
         "/healthz",
         "/readyz",
         "/metrics",
@@ -69,8 +73,16 @@ async fn the_document_lists_every_route_and_the_routing_agrees_with_it() {
         app.jwt.issue(user, Duration::from_secs(60)).expect("token")
     );
     let id = task.id.to_string();
+    let (node, node_created) = crate::galaxy::node_event(&mut app, user, "n", None);
+    app.publish_to("galaxy", &[node_created]).await;
+    app.project().await;
+    let node = node.id.to_string();
     assert_routing_agrees(&app.http, &app.base, &doc, &bearer, async |path: &str| {
-        path.replace("{id}", &id)
+        if path.starts_with("/v1/galaxy/") {
+            path.replace("{id}", &node)
+        } else {
+            path.replace("{id}", &id)
+        }
     })
     .await;
 }
@@ -95,6 +107,23 @@ async fn schemathesis_finds_no_answer_outside_the_document() {
         }
     }
     app.publish(&envelopes).await;
+    // And a corner of the galaxy: a node the caller unlocked and studied.
+    let (node, created) = crate::galaxy::node_event(&mut app, user, "n", None);
+    let (p, mut galaxy) = crate::galaxy::progress_events(
+        &mut app,
+        user,
+        node.id,
+        None,
+        galaxy::domain::UserNodeCommand::Unlock,
+    );
+    let study = galaxy::domain::UserNodeCommand::Study(galaxy::domain::Study {
+        minutes: 5,
+        performance_score: 0.5,
+        activity_type: galaxy::domain::ActivityType::Study,
+    });
+    galaxy.extend(crate::galaxy::progress_events(&mut app, user, node.id, Some(&p), study).1);
+    galaxy.insert(0, created);
+    app.publish_to("galaxy", &galaxy).await;
     app.project().await;
     let (status, _, body) = app.get(user, "/v1/me/task-stats", &[]).await;
     assert_eq!(
