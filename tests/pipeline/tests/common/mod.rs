@@ -215,7 +215,19 @@ impl Pipeline {
         per_user: usize,
         seed: u64,
     ) -> BTreeMap<u16, usize> {
-        let traffic: Vec<std::sync::Mutex<Box<dyn module_kit::Traffic>>> = modules::ALL
+        self.random_commands_of(modules::ALL, users, per_user, seed)
+            .await
+    }
+
+    /// [`Pipeline::random_commands`], drawing only from `of`'s traffic.
+    pub async fn random_commands_of(
+        &self,
+        of: &[module_kit::Module],
+        users: &[Uuid],
+        per_user: usize,
+        seed: u64,
+    ) -> BTreeMap<u16, usize> {
+        let traffic: Vec<std::sync::Mutex<Box<dyn module_kit::Traffic>>> = of
             .iter()
             .map(|m| std::sync::Mutex::new((m.traffic)()))
             .collect();
