@@ -22,14 +22,17 @@ pub enum OutboxError {
     /// # Handling
     /// Refuse to start; the operator runs `admin-api migrate`.
     #[error(
-        "database schema is at version {current} but this build needs version {required}: \
-         run `admin-api migrate` (or `make migrate`) first"
+        "database schema is at version {current} but this build needs version {required} \
+         (not applied: {missing:?}): run `admin-api migrate` (or `make migrate`) first"
     )]
     SchemaBehind {
         /// The newest migration applied to the database.
         current: i32,
         /// The newest migration this build knows.
         required: i32,
+        /// The migrations of this build not applied (numbers need not be contiguous, so one
+        /// below `current` may be missing: a module's migration merged after a later one).
+        missing: Vec<i32>,
     },
     /// A migration already applied differs from the file this build carries.
     ///

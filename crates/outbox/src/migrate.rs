@@ -126,9 +126,30 @@ pub async fn current_version(pool: &Pool) -> Result<i32, OutboxError> {
 /// [`OutboxError::SchemaBehind`], naming the command to run.
 pub async fn ensure_current(pool: &Pool) -> Result<(), OutboxError> {
     let current = current_version(pool).await?;
-    let required = required_version();
-    if current < required {
-        return Err(OutboxError::SchemaBehind { current, required });
+    let applied: Vec<i32> = if current == 0 {
+        vec![]
+    } else {
+        let client = pool.get().await?;
+        client
+            .query("SELECT version FROM schema_migrations", &[])
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    };
+    // Every migration of the build, not only the newest: numbers need not be contiguous, so a
+    // database can hold 0007 and still miss 0006.
+    let missing: Vec<i32> = MIGRATIONS
+        .iter()
+        .map(|m| m.version)
+        .filter(|v| !applied.contains(v))
+        .collect();
+    if !missing.is_empty() {
+        return Err(OutboxError::SchemaBehind {
+            current,
+            required: required_version(),
+            missing,
+        });
     }
     Ok(())
 }

@@ -19,14 +19,18 @@ async fn random_galaxy_commands_leave_every_view_list_and_stat_equal_to_postgres
     let mut p = Pipeline::start(&users, Options::default()).await;
     for round in 0..2u64 {
         let seed: u64 = rand::random();
-        eprintln!("galaxy round {round} seed {seed}; logs in {}", p.log_dir.display());
+        eprintln!(
+            "galaxy round {round} seed {seed}; logs in {}",
+            p.log_dir.display()
+        );
         let totals = p
             .random_commands_of(&[galaxy::MODULE], &users, 40, seed)
             .await;
         eprintln!("answers by status: {totals:?}");
         assert_eq!(totals.values().sum::<usize>(), 320);
         assert!(
-            totals.get(&201).copied().unwrap_or(0) >= 10 && totals.get(&200).copied().unwrap_or(0) >= 50,
+            totals.get(&201).copied().unwrap_or(0) >= 10
+                && totals.get(&200).copied().unwrap_or(0) >= 50,
             "nodes were created and progress made: {totals:?}"
         );
         p.wait_idle(Duration::from_secs(60), "pipeline idle").await;
@@ -64,7 +68,10 @@ async fn thirty_users_studying_one_node_at_once_count_exactly() {
         })
     }))
     .await;
-    assert!(unlocks.iter().all(|(s, _)| *s == StatusCode::OK), "{unlocks:?}");
+    assert!(
+        unlocks.iter().all(|(s, _)| *s == StatusCode::OK),
+        "{unlocks:?}"
+    );
     let changed = unlocks.iter().filter(|(_, b)| b["changed"] == true).count();
     assert_eq!(changed, 30, "one unlock per user changed something");
 
@@ -115,7 +122,10 @@ async fn thirty_users_studying_one_node_at_once_count_exactly() {
             "user {i}"
         );
         assert_eq!(
-            (me["nodes"][0]["study_count"].as_i64(), me["nodes"][0]["mastery_score"].as_f64()),
+            (
+                me["nodes"][0]["study_count"].as_i64(),
+                me["nodes"][0]["mastery_score"].as_f64()
+            ),
             (Some(STUDIES as i64), Some(30.0))
         );
         let (_, _, list) = p.query(*user, "/v1/me/galaxy/studies", None).await;
