@@ -137,19 +137,18 @@ async fn create_relation(
         .await
 }
 
-/// Runs a command of the caller on node `id`. The id is checked first (400 naming `id`),
-/// then `If-Match`; the rest happens in the transaction.
+/// Runs a command of the caller on node `id` (already checked: 400 naming `id` comes
+/// first), after `If-Match`; the rest happens in the transaction.
 #[tracing::instrument(skip_all, fields(user_id = %user.0, node_id = %id))]
 async fn on_node(
     req: &HttpRequest,
     user: AuthUser,
     meta: &CommandMeta,
     runner: &CommandRunner,
-    id: &str,
+    id: Uuid,
     cmd: UserNodeCommand,
     raw: &[u8],
 ) -> Result<HttpResponse, ApiError> {
-    let id = parse_uuid(id, "id")?;
     let expected = if_match(req)?;
     runner
         .run(meta, user.0, raw, async |tx, ctx| {
@@ -184,16 +183,8 @@ async fn unlock(
     runner: web::Data<CommandRunner>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    on_node(
-        &req,
-        user,
-        &meta,
-        &runner,
-        &id,
-        UserNodeCommand::Unlock,
-        &[],
-    )
-    .await
+    let id = parse_uuid(&id, "id")?;
+    on_node(&req, user, &meta, &runner, id, UserNodeCommand::Unlock, &[]).await
 }
 
 /// Expands a node the caller unlocked (`galaxy.node.expanded`; nothing if expanded already).
@@ -222,16 +213,8 @@ async fn expand(
     runner: web::Data<CommandRunner>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    on_node(
-        &req,
-        user,
-        &meta,
-        &runner,
-        &id,
-        UserNodeCommand::Expand,
-        &[],
-    )
-    .await
+    let id = parse_uuid(&id, "id")?;
+    on_node(&req, user, &meta, &runner, id, UserNodeCommand::Expand, &[]).await
 }
 
 /// The answer to a study: the command answer plus the mastery after it.
@@ -277,18 +260,9 @@ async fn study(
     id: web::Path<String>,
     body: JsonBody<StudyBody>,
 ) -> Result<HttpResponse, ApiError> {
-    let id_checked = parse_uuid(&id, "id")?;
+    let id = parse_uuid(&id, "id")?;
     let cmd = UserNodeCommand::Study(body.value.validate()?);
-    on_node(
-        &req,
-        user,
-        &meta,
-        &runner,
-        &id_checked.to_string(),
-        cmd,
-        &body.raw,
-    )
-    .await
+    on_node(&req, user, &meta, &runner, id, cmd, &body.raw).await
 }
 
 /// The read side of a query route.
