@@ -797,6 +797,42 @@ mod tests {
     }
 
     #[test]
+    fn every_event_delivered_again_changes_nothing() {
+        let mut h = Harness::new();
+        let user = Uuid::now_v7();
+        let root = h.node(None);
+        let child = h.node(Some(root));
+        h.relate(child, root, RelationType::Related, 0.5);
+        h.act(user, root, UserNodeCommand::Unlock);
+        h.act(user, root, UserNodeCommand::Expand);
+        h.study(user, root, 10, 0.9);
+        let types: std::collections::BTreeSet<&str> =
+            h.log.iter().map(|e| e.event_type.as_str()).collect();
+        assert_eq!(types.len(), 6, "every event type: {types:?}");
+        // What the projector's version guard sees after applying them all: each aggregate at
+        // its last version. Every event, redelivered, is a duplicate and writes nothing.
+        let mut versions = HashMap::new();
+        for e in &h.log {
+            versions.insert(e.aggregate_id, e.aggregate_version);
+        }
+        let before = h.model.clone();
+        let refs: Vec<&EventEnvelope> = h.log.iter().collect();
+        let reads: Vec<String> = refs
+            .iter()
+            .flat_map(|e| GalaxyProjection.reads(e, &h.keys))
+            .collect();
+        let mut state = h.model.state(&reads);
+        let plans = projection::plan(&GalaxyProjection, &h.keys, &refs, &versions, &mut state);
+        assert!(
+            plans
+                .iter()
+                .all(|p| *p == projection::PlanOutcome::Duplicate),
+            "{plans:?}"
+        );
+        assert_eq!(h.model, before);
+    }
+
+    #[test]
     fn relation_members_round_trip() {
         let n = Uuid::now_v7();
         for s in [0.0, 1.0, 0.3, 1e-9, 0.1 + 0.2] {
