@@ -47,6 +47,10 @@ async fn the_document_lists_every_route_and_the_routing_agrees_with_it() {
         "CommandAccepted",
         "CreateTaskBody",
         "UpdateTaskBody",
+        "CreateNodeBody",
+        "CreateRelationBody",
+        "StudyBody",
+        "StudyAccepted",
     ] {
         assert!(
             doc["components"]["schemas"][name].is_object(),

@@ -44,7 +44,17 @@ async fn the_document_lists_every_route_and_the_routing_agrees_with_it() {
         (schemes["scheme"].as_str(), schemes["bearerFormat"].as_str()),
         (Some("bearer"), Some("JWT"))
     );
-    for name in ["ErrorBody", "TaskView", "TaskStats", "TaskStatus"] {
+    for name in [
+        "ErrorBody",
+        "TaskView",
+        "TaskStats",
+        "TaskStatus",
+        "NodeView",
+        "RelationsView",
+        "UserNodeView",
+        "GalaxyStats",
+        "StudyRecordView",
+    ] {
         assert!(
             doc["components"]["schemas"][name].is_object(),
             "{name} missing"
