@@ -334,3 +334,41 @@ async fn a_replay_snapshot_never_shows_an_aggregate_with_a_hole() {
         .collect();
     assert_eq!(of_x, vec![1, 2]);
 }
+
+/// Input that PostgreSQL's `text` refuses (a NUL) is still audited, with the NUL shown as
+/// U+FFFD: a refused call must leave its trace whatever it carried.
+#[tokio::test]
+async fn an_audit_entry_keeps_text_with_a_nul() {
+    use outbox::audit::{AuditStore, NewEntry, Outcome};
+    let db = TestDb::new().await;
+    let audit = AuditStore::new(db.pool.clone());
+    let id = audit
+        .record(&NewEntry {
+            actor: "ops",
+            action: "dlq.discard",
+            target: "task_projection:1-0\0",
+            outcome: Outcome::Pending,
+            reason: Some("bad\0reason"),
+            details: serde_json::json!({"k\0": ["v\0"]}),
+        })
+        .await
+        .expect("recorded");
+    audit
+        .finish(
+            id,
+            Outcome::Refused,
+            Some("no\0pe"),
+            &serde_json::json!({"x": "\0"}),
+        )
+        .await
+        .expect("finished");
+    let entries = audit.list(None, 10).await.expect("list");
+    let entry = entries.iter().find(|e| e.id == id).expect("the entry");
+    assert_eq!(entry.target, "task_projection:1-0\u{fffd}");
+    assert_eq!(entry.reason.as_deref(), Some("no\u{fffd}pe"));
+    assert_eq!(entry.outcome, "refused");
+    assert_eq!(
+        entry.details,
+        serde_json::json!({"k\u{fffd}": ["v\u{fffd}"], "x": "\u{fffd}"})
+    );
+}

@@ -24,6 +24,8 @@ use outbox::control::ControlStore;
 use projection::snapshot::SnapshotSettings;
 use service_kit::Secret;
 use service_kit::health::Health;
+use service_kit::http::Routes;
+use service_kit::http::api::ApiInfo;
 use service_kit::http::server::ServerOptions;
 use service_kit::settings::{PostgresArgs, RedisArgs, ShutdownArgs, StreamArgs, TelemetryArgs};
 use service_kit::startup::{App, HttpService, connect_postgres, host_name};
@@ -202,10 +204,11 @@ impl Application {
             workers: Some(2),
             grace: settings.shutdown.grace(),
         };
-        let http = HttpService::start(settings.http_addr, options, health, move |cfg| {
-            cfg.app_data(admin.clone()).app_data(tokens.clone());
-            routes::routes(cfg);
-        })?;
+        let mut api = Routes::new();
+        api.app_data(admin).app_data(tokens);
+        routes::routes(&mut api);
+        let info = ApiInfo::new("admin-api", env!("CARGO_PKG_VERSION"));
+        let http = HttpService::start_api(settings.http_addr, options, health, &info, api)?;
         tracing::info!(port = http.port(), "admin-api listening");
         Ok(Self { http })
     }
