@@ -44,11 +44,17 @@ impl Drop for TestApp {
 }
 
 pub async fn spawn_app() -> TestApp {
+    spawn_app_on(&test_kit::redis_url()).await
+}
+
+/// An app reaching Redis at `redis_url` (e.g. through a [`test_kit::proxy::TcpProxy`]); the
+/// tests' own writes go to the shared server directly.
+pub async fn spawn_app_on(redis_url: &str) -> TestApp {
     let db = TestDb::new().await;
     let redis = TestRedis::new().await;
     let settings = Settings {
         postgres: PostgresArgs::new(&test_kit::database_url(), &db.schema),
-        redis: RedisArgs::new(&test_kit::redis_url(), &redis.prefix),
+        redis: RedisArgs::new(redis_url, &redis.prefix),
         jwt: JwtArgs {
             jwt_secret: Secret::new(SECRET),
         },
