@@ -8,6 +8,7 @@ this project that a valid manifest could still break.
 
     check_manifests.py k8s RENDERED.yaml OVERLAY   # one rendered overlay (dev or prod)
     check_manifests.py runbook RULES.yml RUNBOOK.md  # every runbook_url anchor exists
+    check_manifests.py compose COMPOSE.yml PROMETHEUS.yml  # what the compose schema cannot say
 
 Exits 1 listing every problem found.
 """
@@ -140,9 +141,52 @@ def check_runbook(rules_path, runbook_path):
     return problems
 
 
+def check_compose(compose_path, prometheus_path):
+    services = yaml.safe_load(open(compose_path))["services"]
+    scrape = yaml.safe_load(open(prometheus_path))["scrape_configs"]
+    problems = []
+
+    def need(cond, what):
+        if not cond:
+            problems.append(what)
+
+    for name, svc in services.items():
+        for dep in svc.get("depends_on", {}):
+            need(dep in services, f"{name}: depends_on {dep}, which is not a service")
+    redis = " ".join(services.get("redis", {}).get("command", []))
+    need("--maxmemory-policy noeviction" in redis, "redis runs with maxmemory-policy noeviction")
+    migrate = services.get("migrate", {})
+    need(migrate.get("command", [])[-1:] == ["migrate"] and migrate.get("restart") == "no", "a one-shot admin-api migrate")
+    partitions = set()
+    jobs = {c["job_name"]: c["static_configs"][0]["targets"] for c in scrape}
+    for name in SERVICES:
+        svc = services.get(name)
+        need(svc is not None, f"service {name}")
+        if svc is None:
+            continue
+        need(svc.get("healthcheck", {}).get("test", [None])[0] == "CMD", f"{name}: a healthcheck")
+        deps = svc.get("depends_on", {})
+        need(deps.get("migrate", {}).get("condition") == "service_completed_successfully"
+             and deps.get("postgres", {}).get("condition") == "service_healthy"
+             and deps.get("redis", {}).get("condition") == "service_healthy",
+             f"{name}: waits for the migration and healthy PostgreSQL and Redis")
+        env = svc.get("environment", {})
+        partitions.add(env.get("STREAM_PARTITIONS"))
+        port = env.get("HTTP_ADDR", ":").rsplit(":", 1)[1]
+        need(jobs.get(name) == [f"{name}:{port}"], f"prometheus scrapes {name}:{port} as job {name}")
+    need(len(partitions) == 1 and None not in partitions, "one STREAM_PARTITIONS for every service")
+    volumes = " ".join(services.get("prometheus", {}).get("volumes", []))
+    need("./prometheus/rules:" in volumes, "prometheus loads the shipped rules")
+    volumes = " ".join(services.get("grafana", {}).get("volumes", []))
+    need("./grafana/provisioning:" in volumes and "./grafana/dashboards:" in volumes, "grafana provisioned")
+    return problems
+
+
 def main():
     if len(sys.argv) == 4 and sys.argv[1] == "k8s":
         problems = check_k8s(sys.argv[2], sys.argv[3])
+    elif len(sys.argv) == 4 and sys.argv[1] == "compose":
+        problems = check_compose(sys.argv[2], sys.argv[3])
     elif len(sys.argv) == 4 and sys.argv[1] == "runbook":
         problems = check_runbook(sys.argv[2], sys.argv[3])
     else:

@@ -2,7 +2,9 @@
 # Checks every deployment artefact offline (no Docker engine, no cluster needed):
 #
 #   1. deploy/Dockerfile          hadolint
-#   2. deploy/docker-compose.yml  the Compose specification's JSON schema, yamllint
+#   2. deploy/docker-compose.yml  the Compose specification's JSON schema, yamllint, and
+#                                 deploy/check_manifests.py (dependencies, healthchecks, Redis
+#                                 noeviction, one STREAM_PARTITIONS, Prometheus targets)
 #   3. k8s/overlays/*             rendered with kustomize, validated against the Kubernetes
 #                                 schemas (kubernetes-validate --strict, Kubernetes 1.30), and
 #                                 deploy/check_manifests.py (this project's rules, and the
@@ -72,6 +74,7 @@ say "yamllint deploy/ k8s/"
 
 say "compose: deploy/docker-compose.yml against the Compose specification"
 "$venv/bin/check-jsonschema" --builtin-schema vendor.compose-spec deploy/docker-compose.yml
+"$venv/bin/python" deploy/check_manifests.py compose deploy/docker-compose.yml deploy/prometheus/prometheus.yml
 
 rendered=$(mktemp -d)
 trap 'rm -rf "$rendered"' EXIT
