@@ -9,9 +9,16 @@ this project that a valid manifest could still break.
     check_manifests.py k8s RENDERED.yaml OVERLAY   # one rendered overlay (dev or prod)
     check_manifests.py runbook RULES.yml RUNBOOK.md  # every runbook_url anchor exists
     check_manifests.py compose COMPOSE.yml PROMETHEUS.yml  # what the compose schema cannot say
+    check_manifests.py crds RENDERED.yaml             # custom resources against their CRD schemas
+
+The CRD schemas (deploy/schemas/) are the openAPIV3Schema of KEDA's and the Prometheus
+Operator's released CRDs; they are applied strictly, as `kubectl apply --validate=strict` would:
+a field the CRD does not define is an error (the API server would drop it silently).
 
 Exits 1 listing every problem found.
 """
+import json
+import os
 import re
 import sys
 
@@ -182,9 +189,51 @@ def check_compose(compose_path, prometheus_path):
     return problems
 
 
+CRD_SCHEMAS = {
+    ("keda.sh/v1alpha1", "ScaledObject"): "keda-scaledobject-v1alpha1.json",
+    ("keda.sh/v1alpha1", "TriggerAuthentication"): "keda-triggerauthentication-v1alpha1.json",
+    ("monitoring.coreos.com/v1", "ServiceMonitor"): "monitoring-servicemonitor-v1.json",
+}
+
+
+def strict(schema):
+    """Objects with declared properties accept no others, unless the CRD keeps unknown fields."""
+    if isinstance(schema, dict):
+        if ("properties" in schema and "additionalProperties" not in schema
+                and not schema.get("x-kubernetes-preserve-unknown-fields")):
+            schema = {**schema, "additionalProperties": False}
+        return {k: strict(v) for k, v in schema.items()}
+    if isinstance(schema, list):
+        return [strict(v) for v in schema]
+    return schema
+
+
+def check_crds(path):
+    import jsonschema  # in the venv, with check-jsonschema
+
+    here = os.path.join(os.path.dirname(os.path.abspath(__file__)), "schemas")
+    problems = []
+    for doc in yaml.safe_load_all(open(path)):
+        if not doc:
+            continue
+        key = (doc["apiVersion"], doc["kind"])
+        if "." not in doc["apiVersion"].split("/")[0] or doc["apiVersion"].split("/")[0].endswith(".k8s.io"):
+            continue  # a built-in kind: kubernetes-validate's business
+        if key not in CRD_SCHEMAS:
+            problems.append(f"{key}: no schema in deploy/schemas for this custom resource")
+            continue
+        schema = strict(json.load(open(os.path.join(here, CRD_SCHEMAS[key]))))
+        for e in jsonschema.Draft7Validator(schema).iter_errors(doc):
+            where = "/".join(str(p) for p in e.absolute_path)
+            problems.append(f"{doc['kind']}/{doc['metadata']['name']}: {where}: {e.message}")
+    return problems
+
+
 def main():
     if len(sys.argv) == 4 and sys.argv[1] == "k8s":
         problems = check_k8s(sys.argv[2], sys.argv[3])
+    elif len(sys.argv) == 3 and sys.argv[1] == "crds":
+        problems = check_crds(sys.argv[2])
     elif len(sys.argv) == 4 and sys.argv[1] == "compose":
         problems = check_compose(sys.argv[2], sys.argv[3])
     elif len(sys.argv) == 4 and sys.argv[1] == "runbook":

@@ -6,9 +6,10 @@
 #                                 deploy/check_manifests.py (dependencies, healthchecks, Redis
 #                                 noeviction, one STREAM_PARTITIONS, Prometheus targets)
 #   3. k8s/overlays/*             rendered with kustomize, validated against the Kubernetes
-#                                 schemas (kubernetes-validate --strict, Kubernetes 1.30), and
-#                                 deploy/check_manifests.py (this project's rules, and the
-#                                 custom resources the schemas do not know: KEDA, ServiceMonitor)
+#                                 schemas (kubernetes-validate --strict, Kubernetes 1.30), the
+#                                 custom resources (KEDA, ServiceMonitor) against their CRDs'
+#                                 schemas (deploy/schemas), and this project's rules
+#                                 (deploy/check_manifests.py k8s)
 #   4. deploy/prometheus          promtool check config / check rules / test rules (every
 #                                 alert, firing and not), and every runbook_url has its section
 #   5. the dashboard test         every Grafana expression against a real Prometheus scraping
@@ -82,13 +83,15 @@ for overlay in k8s/overlays/*/; do
   name=$(basename "$overlay")
   say "k8s: rendering and validating $name (Kubernetes $KUBERNETES_VERSION)"
   kubectl kustomize "$overlay" > "$rendered/$name.yaml"
-  # --strict refuses unknown fields; custom resources have no schema here (a warning): they
-  # are checked by check_manifests.py below.
+  # --strict refuses unknown fields. Custom resources have no schema there (a warning): they
+  # are validated against their own CRDs' schemas (deploy/schemas: KEDA v2.20.2, Prometheus
+  # Operator v0.93.0), strictly, by check_manifests.py crds.
   if ! out=$("$venv/bin/kubernetes-validate" --strict --quiet -k "$KUBERNETES_VERSION" "$rendered/$name.yaml" 2>&1); then
     echo "$out" >&2
     exit 1
   fi
   echo "$out" | grep -Ev "Couldn't find schema for kind (ScaledObject|TriggerAuthentication|ServiceMonitor) " >&2 || true
+  "$venv/bin/python" deploy/check_manifests.py crds "$rendered/$name.yaml"
   "$venv/bin/python" deploy/check_manifests.py k8s "$rendered/$name.yaml" "$name"
 done
 
