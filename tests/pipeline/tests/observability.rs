@@ -322,10 +322,10 @@ async fn every_dashboard_expression_returns_data_from_a_real_prometheus() {
         .iter()
         .map(|(job, targets)| json!({"job_name": job, "static_configs": [{"targets": targets}]}))
         .collect();
-    let rules = root().join("deploy/prometheus/rules");
+    let rules_dir = root().join("deploy/prometheus/rules");
     let config = json!({
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "rule_files": [format!("{}/*.yml", rules.display())],
+        "rule_files": [format!("{}/*.yml", rules_dir.display())],
         "scrape_configs": scrape,
     });
     // JSON is YAML.
@@ -440,6 +440,42 @@ async fn every_dashboard_expression_returns_data_from_a_real_prometheus() {
             r["name"], r["lastError"]
         );
     }
+    // Every metric the rules name is one the services export (a misspelt name would leave
+    // its alert silent forever).
+    let names: BTreeSet<String> = {
+        let body: Value = http
+            .get(format!("{base}/api/v1/label/__name__/values"))
+            .send()
+            .await
+            .expect("names")
+            .json()
+            .await
+            .expect("json");
+        body["data"]
+            .as_array()
+            .expect("names")
+            .iter()
+            .filter_map(|n| n.as_str().map(str::to_owned))
+            .collect()
+    };
+    let rules_text =
+        std::fs::read_to_string(rules_dir.join("cqrs-alerts.yml")).expect("the alert rules");
+    let used: BTreeSet<&str> = rules_text
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .flat_map(|l| l.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')))
+        .filter(|t| {
+            ["cqrs_", "http_", "process_"]
+                .iter()
+                .any(|p| t.starts_with(p))
+        })
+        .collect();
+    assert!(used.len() >= 8, "{used:?}");
+    let unknown: Vec<&&str> = used.iter().filter(|n| !names.contains(**n)).collect();
+    assert!(
+        unknown.is_empty(),
+        "the rules use metrics nobody exports: {unknown:?}"
+    );
     // A healthy pipeline raises no alert (none pending either).
     let firing: Vec<&&Value> = rules.iter().filter(|r| r["state"] != "inactive").collect();
     assert!(
