@@ -138,7 +138,7 @@ fn binary_of(name: &str) -> &str {
 }
 
 #[tokio::test]
-async fn every_metric_is_exported_at_zero_with_help_before_any_traffic() {
+async fn every_metric_is_exported_at_zero_with_help_before_any_traffic_and_probes_answer() {
     let p = Pipeline::start(&[], Options::default()).await;
     for name in p.services.keys() {
         let service = binary_of(name);
@@ -182,6 +182,18 @@ async fn every_metric_is_exported_at_zero_with_help_before_any_traffic() {
             );
         }
     }
+    // The image's healthcheck (no curl in it): `admin-api probe URL` exits 0 on a 2xx only.
+    for name in p.services.keys() {
+        let (code, out, err) = p.admin_cli(&["probe", &p.url(name, "/readyz")]).await;
+        assert_eq!((code, out.as_str()), (0, ""), "{name}: {err}");
+    }
+    let (code, _, _) = p
+        .admin_cli(&["probe", &p.url("command-api", "/no-such-path")])
+        .await;
+    assert_eq!(code, 1, "a 404 is not healthy");
+    let closed = format!("http://127.0.0.1:{}/readyz", test_kit::process::free_port());
+    let (code, _, _) = p.admin_cli(&["probe", &closed]).await;
+    assert_eq!(code, 1, "nothing listening is not healthy");
     // Per projection of the registry, per event type: so a module added later is covered.
     let projector = metrics_page(&p, "projector-worker#0").await;
     let relay = metrics_page(&p, "outbox-relay#0").await;
