@@ -495,3 +495,62 @@ async fn every_dashboard_expression_returns_data_from_a_real_prometheus() {
         "alerts on a healthy pipeline: {firing:?}"
     );
 }
+
+/// KEDA's redis-streams scaler takes one stream per trigger, so the prod ScaledObject must
+/// list every partition of every module's stream with that module's consumer group: a module
+/// added to the registry without its triggers would lag with nothing scaling on it.
+#[test]
+fn prod_keda_scales_the_projector_on_every_stream_of_every_module() {
+    let overlay = root().join("k8s/overlays/prod");
+    let kustomization =
+        std::fs::read_to_string(overlay.join("kustomization.yaml")).expect("kustomization");
+    let partitions: u32 = kustomization
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("- STREAM_PARTITIONS="))
+        .expect("prod sets STREAM_PARTITIONS")
+        .parse()
+        .expect("a number");
+    let scaled = std::fs::read_to_string(overlay.join("projector-scaledobject.yaml"))
+        .expect("the ScaledObject");
+    let triggers: Vec<(String, String)> = scaled
+        .split("- type: redis-streams")
+        .skip(1)
+        .map(|t| {
+            let field = |key: &str| {
+                t.lines()
+                    .find_map(|l| l.trim().strip_prefix(key))
+                    .unwrap_or_default()
+                    .trim()
+                    .to_owned()
+            };
+            (field("stream:"), field("consumerGroup:"))
+        })
+        .collect();
+    let mut missing = Vec::new();
+    for spec in modules::specs() {
+        for p in 0..partitions {
+            let stream = if partitions == 1 {
+                format!("cqrs:stream:{}", spec.name)
+            } else {
+                format!("cqrs:stream:{}:{p}", spec.name)
+            };
+            if !triggers.contains(&(stream.clone(), spec.consumer_group.to_owned())) {
+                missing.push(format!("{stream} (group {})", spec.consumer_group));
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "k8s/overlays/prod/projector-scaledobject.yaml lacks a redis-streams trigger for: {}",
+        missing.join(", ")
+    );
+    let max: u32 = scaled
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("maxReplicaCount:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("maxReplicaCount");
+    assert!(
+        max <= partitions,
+        "more projector replicas than partitions would idle"
+    );
+}
