@@ -10,6 +10,7 @@ pub mod admin;
 pub mod auth;
 pub mod cli;
 pub mod health;
+pub mod observe;
 pub mod routes;
 pub mod status;
 pub mod views;
@@ -153,6 +154,7 @@ async fn register_projections(pool: &outbox::Pool) -> anyhow::Result<u64> {
 /// A built admin-api.
 pub struct Application {
     http: HttpService,
+    admin: Admin,
 }
 
 impl Application {
@@ -181,7 +183,7 @@ impl Application {
                 env!("CARGO_PKG_VERSION"),
             )
         };
-        let admin = web::Data::new(Admin {
+        let state = Admin {
             pg: pool.clone(),
             redis: redis.clone(),
             partitions: settings.streams.stream_partitions,
@@ -196,7 +198,10 @@ impl Application {
                 outbox_unhealthy: ms(settings.outbox_unhealthy_ms),
             },
             snapshots,
-        });
+        };
+        let admin = web::Data::new(state.clone());
+        service_kit::telemetry::metrics_handle();
+        observe::describe();
         let health = Health::new("admin-api")
             .with_postgres(pool)
             .with_redis(redis);
@@ -210,7 +215,7 @@ impl Application {
         let info = ApiInfo::new("admin-api", env!("CARGO_PKG_VERSION"));
         let http = HttpService::start_api(settings.http_addr, options, health, &info, api)?;
         tracing::info!(port = http.port(), "admin-api listening");
-        Ok(Self { http })
+        Ok(Self { http, admin: state })
     }
 
     /// The bound port.
@@ -223,7 +228,9 @@ impl Application {
 impl App for Application {
     /// Serves until `shutdown`.
     async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let observer = tokio::spawn(observe::run(self.admin, shutdown.clone()));
         self.http.run_until_stopped(shutdown).await?;
+        observer.await.ok();
         tracing::info!("admin-api stopped");
         Ok(())
     }
