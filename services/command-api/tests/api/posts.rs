@@ -462,3 +462,57 @@ async fn forty_users_liking_one_post_at_once_count_exactly_once_each() {
         (40, 41, 40)
     );
 }
+
+#[tokio::test]
+async fn a_retried_post_with_its_idempotency_key_is_written_once() {
+    let app = spawn_app().await;
+    let user = Uuid::now_v7();
+    let key = [("idempotency-key", "post-1")];
+    let first = app
+        .send(
+            Method::POST,
+            "/v1/posts",
+            Some(user),
+            Some(post_body()),
+            &key,
+        )
+        .await;
+    let again = app
+        .send(
+            Method::POST,
+            "/v1/posts",
+            Some(user),
+            Some(post_body()),
+            &key,
+        )
+        .await;
+    assert_eq!(
+        (first.status, again.status),
+        (StatusCode::CREATED, StatusCode::CREATED)
+    );
+    assert_eq!(first.body, again.body, "the first answer, again");
+    assert_eq!(post_counts(&app).await, (1, 0, 1, 1), "written once");
+    let other = app
+        .send(
+            Method::POST,
+            "/v1/posts",
+            Some(user),
+            Some(json!({"content": "something else"})),
+            &key,
+        )
+        .await;
+    assert_eq!(
+        (other.status, other.code()),
+        (StatusCode::CONFLICT, "idempotency_key_reused")
+    );
+    // A like retried with its key answers as the first time, though a second like without a
+    // key would say `changed: false`.
+    let id = id_of(&first);
+    let like = format!("/v1/posts/{id}/like");
+    let key = [("idempotency-key", "like-1")];
+    let liked = app.send(Method::PUT, &like, Some(user), None, &key).await;
+    let retried = app.send(Method::PUT, &like, Some(user), None, &key).await;
+    assert_eq!(liked.body, retried.body);
+    assert_eq!(retried.body["changed"], true);
+    assert_eq!(post_counts(&app).await, (1, 1, 2, 2));
+}
