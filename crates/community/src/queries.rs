@@ -130,3 +130,71 @@ pub fn views_of(posts: Vec<Post>, liked: &[bool]) -> Vec<PostView> {
         .map(|(p, l)| PostView::of(p, l))
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::macros::datetime;
+
+    fn post(author: Uuid, visibility: Visibility, deleted: bool) -> Post {
+        Post {
+            id: Uuid::now_v7(),
+            user_id: author,
+            content: "c".into(),
+            image_urls: vec![],
+            topic: None,
+            visibility,
+            like_count: 0,
+            created_at: datetime!(2026-11-24 10:00 UTC),
+            updated_at: datetime!(2026-11-24 10:00 UTC),
+            deleted,
+            version: 1,
+        }
+    }
+
+    #[test]
+    fn lists_admit_only_what_their_reader_may_see() {
+        let (author, other) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        let public = post(author, Visibility::Public, false);
+        let private = post(author, Visibility::Private, false);
+        let gone = post(author, Visibility::Public, true);
+        let mine = PostList::by_user(author, author);
+        let theirs = PostList::by_user(author, other);
+        assert_eq!(
+            theirs,
+            PostList::ByUser {
+                author,
+                public_only: true
+            }
+        );
+        assert!(PostList::Feed.admits(&public, other));
+        assert!(
+            !PostList::Feed.admits(&private, author),
+            "the feed is public posts"
+        );
+        assert!(mine.admits(&private, author) && !theirs.admits(&private, other));
+        assert!(theirs.admits(&public, other));
+        for list in [PostList::Feed, mine, theirs] {
+            assert!(!list.admits(&gone, author));
+        }
+        assert!(
+            !PostList::by_user(other, other).admits(&public, other),
+            "not the author's"
+        );
+    }
+
+    #[test]
+    fn liked_by_me_pairs_each_post_with_its_answer() {
+        let reply = Value::Array(vec![Value::BulkString(b"1".to_vec()), Value::Nil]);
+        let liked = parse_liked(reply).expect("reply");
+        assert_eq!(liked, vec![true, false]);
+        let a = post(Uuid::nil(), Visibility::Public, false);
+        let b = post(Uuid::nil(), Visibility::Public, false);
+        let views = views_of(vec![a.clone(), b], &liked);
+        assert_eq!(
+            views.iter().map(|v| v.liked_by_me).collect::<Vec<_>>(),
+            vec![true, false]
+        );
+        assert_eq!(views[0], PostView::of(a, true));
+    }
+}
