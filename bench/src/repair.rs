@@ -392,7 +392,25 @@ async fn gap_repair(
     schema: &str,
     prefix: &str,
 ) -> anyhow::Result<Gap> {
-    let history = (module.sample_history)(cfg.gap_aggregates * 4);
+    // Versions 1–4 of `gap_aggregates` aggregates: a module's lifecycle may be longer than 4
+    // (a post's is 5), so ask for more than enough events and keep those.
+    let sample = (module.sample_history)(cfg.gap_aggregates * 8);
+    let kept: std::collections::HashSet<uuid::Uuid> = sample
+        .iter()
+        .filter(|e| e.aggregate_version == 1)
+        .take(cfg.gap_aggregates)
+        .map(|e| e.aggregate_id)
+        .collect();
+    let history: Vec<EventEnvelope> = sample
+        .into_iter()
+        .filter(|e| e.aggregate_version <= 4 && kept.contains(&e.aggregate_id))
+        .collect();
+    let aggregates = history.iter().filter(|e| e.aggregate_version == 4).count();
+    ensure!(
+        aggregates > 0,
+        "{}'s sample history has no version 4",
+        module.spec.name
+    );
     let by_version = |v: i64| -> Vec<EventEnvelope> {
         history
             .iter()
@@ -450,8 +468,8 @@ async fn gap_repair(
         .context("dead letters")?;
     ensure!(dead == 0, "{dead} events dead-lettered");
     Ok(Gap {
-        aggregates: cfg.gap_aggregates,
-        repaired: cfg.gap_aggregates * 2,
+        aggregates,
+        repaired: aggregates * 2,
         took,
     })
 }

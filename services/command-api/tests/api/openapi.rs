@@ -23,6 +23,9 @@ async fn the_document_lists_every_route_and_the_routing_agrees_with_it() {
         ("/v1/tasks/{id}/start", &["POST"]),
         ("/v1/tasks/{id}/complete", &["POST"]),
         ("/v1/tasks/{id}/abandon", &["POST"]),
+        ("/v1/posts", &["POST"]),
+        ("/v1/posts/{id}", &["PATCH", "DELETE"]),
+        ("/v1/posts/{id}/like", &["PUT", "DELETE"]),
         ("/healthz", &["GET"]),
         ("/readyz", &["GET"]),
         ("/metrics", &["GET"]),
@@ -42,6 +45,8 @@ async fn the_document_lists_every_route_and_the_routing_agrees_with_it() {
         "CommandAccepted",
         "CreateTaskBody",
         "UpdateTaskBody",
+        "CreatePostBody",
+        "UpdatePostBody",
     ] {
         assert!(
             doc["components"]["schemas"][name].is_object(),
@@ -52,10 +57,22 @@ async fn the_document_lists_every_route_and_the_routing_agrees_with_it() {
     assert_eq!(create["title"]["maxLength"], 255);
     assert_eq!(create["estimated_minutes"]["maximum"], 1440);
 
-    // A path with an id gets a task of its own for each call: a call may delete it.
+    // A path with an id gets a task or post of its own for each call: a call may delete it.
     let bearer = format!("Bearer {}", app.token(user));
     assert_routing_agrees(&app.http, &app.base, &doc, &bearer, async |path: &str| {
-        if path.contains("{id}") {
+        if path.starts_with("/v1/posts/{id}") {
+            let created = app
+                .send(
+                    reqwest::Method::POST,
+                    "/v1/posts",
+                    Some(user),
+                    Some(serde_json::json!({"content": "hello"})),
+                    &[],
+                )
+                .await;
+            assert_eq!(created.status, StatusCode::CREATED);
+            path.replace("{id}", &id_of(&created))
+        } else if path.contains("{id}") {
             let created = app.create(user).await;
             assert_eq!(created.status, StatusCode::CREATED);
             path.replace("{id}", &id_of(&created))

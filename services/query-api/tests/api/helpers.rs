@@ -75,13 +75,13 @@ pub async fn spawn_app_on(redis_url: &str) -> TestApp {
     );
     projector.ensure_groups().await.expect("groups");
     projector.tick_leases().await.expect("leases");
-    // The projector has no database, so it builds nothing: generation 1 is served from the
-    // start, as a built read model would be.
-    {
+    // The projectors have no database, so they build nothing: generation 1 of every module is
+    // served from the start, as a built read model would be.
+    for spec in modules::specs() {
         let generations = Generations::new(
             &redis.pools.keys,
-            "task",
-            "task_projection",
+            spec.name,
+            spec.projection,
             GenerationState::default(),
         );
         let mut conn = redis.pools.commands.get().await.expect("redis");

@@ -4,4 +4,5 @@ mod consistency;
 mod generations;
 mod helpers;
 mod openapi;
+mod posts;
 mod reads;
