@@ -1,5 +1,5 @@
 # The two commands a newcomer needs: `make run` and `make test`.
-.PHONY: run test build migrate fmt lint bench soak chaos help
+.PHONY: run test build migrate fmt lint bench soak chaos help observe check-deploy
 
 help:
 	@echo "make run      run the whole pipeline locally (PostgreSQL + Redis + five services)"
@@ -10,6 +10,8 @@ help:
 	@echo "make bench    relay, projector and self-repair throughput and latency next to this machine's limits (release)"
 	@echo "make soak     10 minutes of steady load: storage and memory must stay flat"
 	@echo "make chaos    the long chaos and self-repair profiles (relays and projectors killed, Redis wiped or failed over)"
+	@echo "make observe  Prometheus (and Grafana if installed) with the shipped rules and dashboard, scraping make run's services"
+	@echo "make check-deploy  lint and validate deploy/ and k8s/ offline, unit-test the alerts, run the dashboard test"
 
 run:
 	scripts/run-local.sh
@@ -18,6 +20,7 @@ run:
 # test in its own process (and in parallel); plain `cargo test` is the fallback.
 test:
 	scripts/ensure-services.sh
+	scripts/check-deploy.sh --no-dashboard
 	cargo build --workspace --bins
 	@if cargo nextest --version >/dev/null 2>&1; then \
 		cargo nextest run --workspace --no-fail-fast; \
@@ -59,3 +62,11 @@ soak:
 	scripts/ensure-services.sh
 	cargo build --release -q -p outbox-relay -p projector-worker -p bench
 	target/release/soak
+
+# Prometheus (and Grafana when installed) against `make run`'s services: docs/runbook.md.
+observe:
+	scripts/observe.sh
+
+# Every deployment artefact checked offline, and the dashboard test (make test runs the same).
+check-deploy:
+	scripts/check-deploy.sh

@@ -2,7 +2,7 @@
 # Fuzzes a running API from its own OpenAPI document (GET <base>/openapi.json) with
 # schemathesis: any 5xx, or any answer the document does not promise (status code, content
 # type, body schema), fails the run. It starts nothing: point it at a running service. The
-# command-api and query-api test suites run it against the app they spawn.
+# command-api, query-api and admin-api test suites run it against the app they spawn.
 #
 #   scripts/fuzz-api.sh BASE_URL [more schemathesis run options]
 #

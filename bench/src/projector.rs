@@ -2,8 +2,9 @@
 //! run:
 //!
 //! - **apply rate**, for every module of the registry: a stream pre-filled with the module's
-//!   sample history (`Module::sample_history`: task lifecycles created → updated → started →
-//!   completed; the galaxy's nodes, relations, unlocks, expands and studies) drained by the
+//!   sample history (tasks: created → updated → started → completed; posts: created → liked →
+//!   liked → updated → unliked; the galaxy's nodes, relations, unlocks, expands and studies)
+//!   drained by the
 //!   release `projector-worker`, 1 replica on 1 partition and 2 replicas on 4 partitions;
 //!   beside it, the Redis limit for the apply script: the very same script calls (planned in
 //!   memory beforehand, with their acknowledgements and lease checks) sent straight to Redis,

@@ -474,20 +474,29 @@ async fn latency(cfg: &Config, pool: &outbox::Pool, redis: &RedisPools) -> anyho
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let probe = bench::floor_probe(pool, "SELECT 1", cfg.rate, done.clone());
     let mut writers = tokio::task::JoinSet::new();
+    // The relay is woken after each commit as command-api wakes it.
+    let waker = outbox::wake::Waker::start(pool.clone());
     for n in 0..warmup + total {
         tick.tick().await;
         let measured = n >= warmup;
-        let (pool, committed, ctx, partitions) =
-            (pool.clone(), committed.clone(), ctx.clone(), cfg.partitions);
+        let (pool, committed, ctx, partitions, waker) = (
+            pool.clone(),
+            committed.clone(),
+            ctx.clone(),
+            cfg.partitions,
+            waker.clone(),
+        );
         writers.spawn(async move {
             let e = ctx.envelope("Task", Uuid::now_v7(), 1, "task.created", payload());
             let id = e.event_id;
+            let woken = outbox::wake::partitions_of(std::slice::from_ref(&e), partitions);
             let mut c = pool.get().await.expect("pg");
             let tx = c.transaction().await.expect("tx");
             outbox::append_events(&tx, &[e], partitions)
                 .await
                 .expect("append");
             tx.commit().await.expect("commit");
+            waker.wake(woken);
             let wall = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_millis())

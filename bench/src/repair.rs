@@ -392,19 +392,27 @@ async fn gap_repair(
     schema: &str,
     prefix: &str,
 ) -> anyhow::Result<Gap> {
-    // The aggregates whose life reaches version 4, up to it: a module's sample may hold
-    // shorter lives (a galaxy node: created, related) and longer ones (a user's progress: six
-    // events), and the scenario is about versions 1 to 4.
-    let sample = (module.sample_history)(cfg.gap_aggregates * 4);
-    let reach_four: HashSet<uuid::Uuid> = sample
+    // The aggregates whose life reaches version 4 (at most `gap_aggregates` of them), up to
+    // it: a module's sample may hold shorter lives (a galaxy node: created, related) and
+    // longer ones (a post's is 5, a user's progress on a node 6), so ask for more than enough
+    // events and keep those; the scenario is about versions 1 to 4.
+    let sample = (module.sample_history)(cfg.gap_aggregates * 8);
+    let kept: HashSet<uuid::Uuid> = sample
         .iter()
         .filter(|e| e.aggregate_version == 4)
+        .take(cfg.gap_aggregates)
         .map(|e| e.aggregate_id)
         .collect();
     let history: Vec<EventEnvelope> = sample
         .into_iter()
-        .filter(|e| e.aggregate_version <= 4 && reach_four.contains(&e.aggregate_id))
+        .filter(|e| e.aggregate_version <= 4 && kept.contains(&e.aggregate_id))
         .collect();
+    let aggregates = kept.len();
+    ensure!(
+        aggregates > 0,
+        "{}'s sample history has no version 4",
+        module.spec.name
+    );
     let by_version = |v: i64| -> Vec<EventEnvelope> {
         history
             .iter()
@@ -462,8 +470,8 @@ async fn gap_repair(
         .context("dead letters")?;
     ensure!(dead == 0, "{dead} events dead-lettered");
     Ok(Gap {
-        aggregates: reach_four.len(),
-        repaired: reach_four.len() * 2,
+        aggregates,
+        repaired: aggregates * 2,
         took,
     })
 }

@@ -96,6 +96,7 @@ async fn soak(
     let mut samples = Vec::new();
     let mut written = 0u64;
     let mut writers = tokio::task::JoinSet::new();
+    let waker = outbox::wake::Waker::start(pool.clone());
     let mut n = 0usize;
     eprintln!("soaking for {seconds} s at {rate} events/s…");
     while started.elapsed() < Duration::from_secs(seconds) {
@@ -116,16 +117,19 @@ async fn soak(
                 serde_json::json!({"estimated_minutes": 1 + (v % 600)}),
             )
         };
-        let writer_pool = pool.clone();
+        let (writer_pool, waker) = (pool.clone(), waker.clone());
         writers.spawn(async move {
             let e = EventContext::new(Some(user), None, "soak")
                 .envelope("Task", id, v, event_type, payload);
+            let woken = outbox::wake::partitions_of(std::slice::from_ref(&e), partitions);
             let mut c = writer_pool.get().await.expect("pg");
             let tx = c.transaction().await.expect("tx");
             outbox::append_events(&tx, &[e], partitions)
                 .await
                 .expect("append");
             tx.commit().await.expect("commit");
+            // The relay is woken after each commit as command-api wakes it.
+            waker.wake(woken);
         });
         while writers.try_join_next().is_some() {
             written += 1;

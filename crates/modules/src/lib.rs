@@ -6,7 +6,7 @@ use events::ModuleSpec;
 pub use module_kit::Module;
 
 /// Every module, in a fixed order.
-pub static ALL: &[Module] = &[task::MODULE, galaxy::MODULE];
+pub static ALL: &[Module] = &[task::MODULE, community::MODULE, galaxy::MODULE];
 
 /// The catalogue entries of every module.
 pub fn specs() -> impl Iterator<Item = &'static ModuleSpec> {

@@ -1,7 +1,5 @@
 //! Appending a command's events inside the command's own transaction.
 
-use std::collections::BTreeSet;
-
 use deadpool_postgres::Transaction;
 use events::{EventEnvelope, partition_for};
 use time::OffsetDateTime;
@@ -9,10 +7,11 @@ use uuid::Uuid;
 
 use crate::OutboxError;
 
-/// Inserts `events` into `event_store` and `outbox` and queues a NOTIFY for the relay, all in
-/// one statement on `tx`. The caller commits; until then nothing is visible, and the NOTIFY is
-/// delivered only at commit (PostgreSQL holds it back), so the relay never wakes for a
-/// transaction that rolled back.
+/// Inserts `events` into `event_store` and `outbox`, in one statement on `tx`. The caller
+/// commits; until then nothing is visible. It does not wake the relay: notifying inside the
+/// transaction would serialise every commit (see [`crate::wake`]); after the commit, hand
+/// [`crate::wake::partitions_of`] the events to a [`crate::wake::Waker`] (or let the relay's
+/// poll find them).
 ///
 /// Each outbox row carries `partition_for(aggregate_id, partitions)`, fixed at write time.
 ///
@@ -55,14 +54,8 @@ pub async fn append_events(
         parts.push(i32::try_from(partition_for(e.aggregate_id, partitions)).unwrap_or(0));
         envelopes.push(e.to_json());
     }
-    let touched: BTreeSet<i32> = parts.iter().copied().collect();
-    let notify_payload = touched
-        .iter()
-        .map(i32::to_string)
-        .collect::<Vec<_>>()
-        .join(",");
-    // Data-modifying CTEs always run, so one round trip writes both tables and notifies.
-    tx.query_one(
+    // Data-modifying CTEs always run, so one round trip writes both tables.
+    tx.execute(
 &tx.prepare_cached("WITH stored AS (
              INSERT INTO event_store (event_id, event_type, schema_version, aggregate_type,
                                       aggregate_id, aggregate_version, occurred_at, payload, metadata)
@@ -74,7 +67,7 @@ pub async fn append_events(
              SELECT * FROM UNNEST($1::uuid[], $2::text[], $10::text[], $11::int[], $12::text[]::json[])
              RETURNING 1
          )
-         SELECT pg_notify('cqrs_outbox_' || current_schema(), $13)").await.map_err(OutboxError::from)?,
+         SELECT 1").await.map_err(OutboxError::from)?,
         &[
             &ids,
             &types,
@@ -88,7 +81,6 @@ pub async fn append_events(
             &modules,
             &parts,
             &envelopes,
-            &notify_payload,
         ],
     )
     .await?;

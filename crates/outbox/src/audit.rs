@@ -95,12 +95,12 @@ impl AuditStore {
                 "INSERT INTO audit (actor, action, target, outcome, reason, details)
                  VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
                 &[
-                    &entry.actor,
-                    &entry.action,
-                    &entry.target,
+                    &storable(entry.actor),
+                    &storable(entry.action),
+                    &storable(entry.target),
                     &entry.outcome.as_str(),
-                    &entry.reason,
-                    &entry.details,
+                    &entry.reason.map(storable),
+                    &storable_json(entry.details.clone()),
                 ],
             )
             .await?;
@@ -124,7 +124,12 @@ impl AuditStore {
                 "UPDATE audit SET outcome = $2, reason = coalesce($3, reason),
                         details = details || $4
                  WHERE id = $1",
-                &[&id, &outcome.as_str(), &reason, details],
+                &[
+                    &id,
+                    &outcome.as_str(),
+                    &reason.map(storable),
+                    &storable_json(details.clone()),
+                ],
             )
             .await?;
         Ok(())
@@ -156,5 +161,30 @@ impl AuditStore {
                 details: r.get(7),
             })
             .collect())
+    }
+}
+
+/// `text` as PostgreSQL can store it: a NUL (which `text` and `jsonb` refuse) becomes U+FFFD.
+/// A call is audited whatever its input held, the refused ones with such input above all.
+fn storable(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.contains('\0') {
+        std::borrow::Cow::Owned(text.replace('\0', "\u{fffd}"))
+    } else {
+        std::borrow::Cow::Borrowed(text)
+    }
+}
+
+/// [`storable`] for every string and key of `value`.
+fn storable_json(value: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match value {
+        Value::String(s) if s.contains('\0') => Value::String(storable(&s).into_owned()),
+        Value::Array(items) => Value::Array(items.into_iter().map(storable_json).collect()),
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .map(|(k, v)| (storable(&k).into_owned(), storable_json(v)))
+                .collect(),
+        ),
+        other => other,
     }
 }

@@ -26,6 +26,7 @@ pub mod pool;
 pub mod relay;
 pub mod snapshots;
 pub mod stats;
+pub mod wake;
 
 pub use append::append_events;
 pub use error::OutboxError;

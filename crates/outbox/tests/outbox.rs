@@ -278,36 +278,27 @@ impl AggregateOf for outbox::relay::OutboxRow {
 }
 
 #[tokio::test]
-async fn listener_hears_commits_with_their_partitions_and_not_rollbacks() {
+async fn listener_hears_a_wake_up_naming_the_partitions_written() {
     let db = TestDb::new().await;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let _listener = Listener::start(&db.settings, &outbox::notify_channel(&db.schema), tx)
         .await
         .expect("listen");
-    {
-        let mut c = db.pool.get().await.expect("client");
-        let tx = c.transaction().await.expect("tx");
-        append_events(&tx, &events_for(Uuid::now_v7(), 1..=1), 1)
-            .await
-            .expect("append");
-        tx.rollback().await.expect("rollback");
-    }
-    assert!(
-        tokio::time::timeout(Duration::from_millis(300), rx.recv())
-            .await
-            .is_err(),
-        "a rolled-back transaction must not wake the relay"
-    );
     let id = Uuid::now_v7();
-    append(&db, &events_for(id, 1..=1)).await;
+    let events = events_for(id, 1..=2);
+    append(&db, &events).await;
+    let c = db.pool.get().await.expect("client");
+    outbox::wake::notify(&**c, &outbox::wake::partitions_of(&events, 4))
+        .await
+        .expect("wake");
     let payload = tokio::time::timeout(Duration::from_secs(2), rx.recv())
         .await
-        .expect("woken by commit")
+        .expect("woken")
         .expect("payload");
     assert_eq!(
         payload,
         events::partition_for(id, 4).to_string(),
-        "the payload names the partition written"
+        "the payload names the partition written, once"
     );
 }
 
@@ -365,4 +356,102 @@ async fn a_replay_snapshot_never_shows_an_aggregate_with_a_hole() {
         .map(|(_, e)| e.aggregate_version)
         .collect();
     assert_eq!(of_x, vec![1, 2]);
+}
+
+/// Input that PostgreSQL's `text` refuses (a NUL) is still audited, with the NUL shown as
+/// U+FFFD: a refused call must leave its trace whatever it carried.
+#[tokio::test]
+async fn an_audit_entry_keeps_text_with_a_nul() {
+    use outbox::audit::{AuditStore, NewEntry, Outcome};
+    let db = TestDb::new().await;
+    let audit = AuditStore::new(db.pool.clone());
+    let id = audit
+        .record(&NewEntry {
+            actor: "ops",
+            action: "dlq.discard",
+            target: "task_projection:1-0\0",
+            outcome: Outcome::Pending,
+            reason: Some("bad\0reason"),
+            details: serde_json::json!({"k\0": ["v\0"]}),
+        })
+        .await
+        .expect("recorded");
+    audit
+        .finish(
+            id,
+            Outcome::Refused,
+            Some("no\0pe"),
+            &serde_json::json!({"x": "\0"}),
+        )
+        .await
+        .expect("finished");
+    let entries = audit.list(None, 10).await.expect("list");
+    let entry = entries.iter().find(|e| e.id == id).expect("the entry");
+    assert_eq!(entry.target, "task_projection:1-0\u{fffd}");
+    assert_eq!(entry.reason.as_deref(), Some("no\u{fffd}pe"));
+    assert_eq!(entry.outcome, "refused");
+    assert_eq!(
+        entry.details,
+        serde_json::json!({"k\u{fffd}": ["v\u{fffd}"], "x": "\u{fffd}"})
+    );
+}
+
+/// A commit no longer notifies inside its transaction; the waker notifies after it, naming
+/// every partition woken, however many wakes come at once (they coalesce into few
+/// notifications, none lost).
+#[tokio::test]
+async fn the_waker_names_every_woken_partition_after_the_commit() {
+    use outbox::listener::Listener;
+    use outbox::wake::Waker;
+    let db = TestDb::new().await;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let _listener = Listener::start(&db.settings, &outbox::notify_channel(&db.schema), tx)
+        .await
+        .expect("listen");
+    // An append alone wakes nobody.
+    let e = EventContext::new(None, None, "test").envelope(
+        "Task",
+        Uuid::now_v7(),
+        1,
+        "task.created",
+        serde_json::json!({}),
+    );
+    append(&db, &[e]).await;
+    // Notifications arrive in commit order: this one, committed after the append, comes first
+    // unless the append notified.
+    let c = db.pool.get().await.expect("client");
+    c.execute(
+        "SELECT pg_notify($1, 'barrier')",
+        &[&outbox::notify_channel(&db.schema)],
+    )
+    .await
+    .expect("notify");
+    let first = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .expect("the barrier within 5 s");
+    assert_eq!(first.as_deref(), Some("barrier"));
+
+    let waker = Waker::start(db.pool.clone());
+    for p in 0..200 {
+        waker.wake([p % 7]);
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    let mut notifications = 0;
+    while seen.len() < 7 {
+        let payload = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("a notification within 5 s")
+            .expect("listening");
+        notifications += 1;
+        seen.extend(
+            payload
+                .split(',')
+                .map(|p| p.parse::<i32>().expect("a partition")),
+        );
+    }
+    assert_eq!(seen, (0..7).collect());
+    assert!(
+        notifications < 200,
+        "{notifications} notifications for 200 wakes"
+    );
 }

@@ -71,8 +71,11 @@ pub struct Outage {
 
 impl Outage {
     /// A tracker for `dependency` (e.g. `postgres`) as seen by `component` (e.g. `relay`).
+    /// Registers its error counter at 0, so `rate()` over it works before the first failure.
     #[must_use]
     pub fn new(dependency: &'static str, component: &'static str) -> Self {
+        metrics::counter!(DEPENDENCY_ERRORS_TOTAL, "dependency" => dependency, "component" => component)
+            .increment(0);
         Self {
             dependency,
             component,

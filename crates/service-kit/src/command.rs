@@ -234,14 +234,17 @@ pub struct CommandRunner {
     pool: Pool,
     partitions: u32,
     source: &'static str,
+    waker: outbox::wake::Waker,
 }
 
 impl CommandRunner {
     /// A runner writing through `pool`, routing events over `partitions` partitions, stamping
-    /// events with `source`.
+    /// events with `source`, and waking the relay after each commit that wrote events (the
+    /// notifying task starts on the current tokio runtime).
     #[must_use]
     pub fn new(pool: Pool, partitions: u32, source: &'static str) -> Self {
         Self {
+            waker: outbox::wake::Waker::start(pool.clone()),
             pool,
             partitions,
             source,
@@ -302,6 +305,10 @@ impl CommandRunner {
         }
         tx.commit().await.map_err(outbox::OutboxError::from)?;
         if !outcome.events.is_empty() {
+            self.waker.wake(outbox::wake::partitions_of(
+                &outcome.events,
+                self.partitions,
+            ));
             tracing::info!(
                 aggregate_id = %outcome.aggregate_id,
                 version = outcome.version,

@@ -14,7 +14,8 @@ use futures::future::{BoxFuture, join_all};
 use serde::Serialize;
 
 use crate::http::Routes;
-use crate::telemetry::metrics_handle;
+use crate::http::middleware::{HTTP_REQUEST_DURATION_SECONDS, HTTP_REQUESTS_TOTAL};
+use crate::telemetry::{self, SERVICE_READY};
 
 /// A readiness check: resolves to `Err(reason)` when its dependency is unreachable.
 pub type Check = Arc<dyn Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
@@ -70,9 +71,17 @@ pub struct Readiness {
 
 impl Health {
     /// Health with no checks yet; its checks will run on the current Tokio runtime (build it
-    /// where the service's own loops run).
+    /// where the service's own loops run). Registers the HTTP metrics of the health routes
+    /// and the readiness gauge, so `/metrics` shows them (at 0) before the first request.
     #[must_use]
     pub fn new(service: &'static str) -> Self {
+        telemetry::metrics_handle();
+        for route in ["/healthz", "/readyz", "/metrics"] {
+            metrics::counter!(HTTP_REQUESTS_TOTAL, "method" => "GET", "route" => route, "status" => "200")
+                .increment(0);
+            let _ = metrics::histogram!(HTTP_REQUEST_DURATION_SECONDS, "method" => "GET", "route" => route);
+        }
+        metrics::gauge!(SERVICE_READY).set(0.0);
         Self {
             service,
             checks: vec![],
@@ -228,6 +237,7 @@ async fn healthz(health: web::Data<Health>) -> HttpResponse {
 )]
 async fn readyz(health: web::Data<Health>) -> HttpResponse {
     let r = health.readiness().await;
+    metrics::gauge!(SERVICE_READY).set(if r.ready { 1.0 } else { 0.0 });
     if r.ready {
         HttpResponse::Ok().json(r)
     } else {
@@ -248,7 +258,7 @@ async fn readyz(health: web::Data<Health>) -> HttpResponse {
 async fn metrics() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
-        .body(metrics_handle().render())
+        .body(telemetry::render())
 }
 
 /// Registers `/healthz`, `/readyz` and `/metrics`. The app must carry `web::Data<Health>`.

@@ -192,12 +192,7 @@ impl ReadSide {
             let Some(keys) = own.active_keys() else {
                 // Nothing served as far as this process knows: ask Redis once more (a build
                 // may have finished), and answer 503 if there is still nothing.
-                let mut conn = self.pools.commands.get().await.map_err(StreamError::from)?;
-                let reply = own
-                    .read_active_cmd()
-                    .query_async(&mut conn)
-                    .await
-                    .map_err(StreamError::from)?;
+                let reply = self.query(&own.read_active_cmd()).await?;
                 own.observe_active(reply)?;
                 if own.active_keys().is_none() || switches >= MAX_SWITCHES {
                     return Err(ApiError::Unavailable(Box::new(NoReadModel(
@@ -222,11 +217,11 @@ impl ReadSide {
                 pipe.add_command(cmd);
             }
             let replies: Vec<Value> = {
-                let mut conn = self.pools.commands.get().await.map_err(StreamError::from)?;
+                let mut conn = self.pools.shared.get()?;
                 pipe.ignore_errors()
                     .query_async(&mut conn)
                     .await
-                    .map_err(StreamError::from)?
+                    .map_err(|e| self.failed(e))?
             };
             let mut replies = replies.into_iter();
             let mut next = || replies.next().unwrap_or(Value::Nil);
@@ -277,10 +272,21 @@ impl ReadSide {
     /// # Errors
     /// 503 when Redis is down.
     pub async fn fetch(&self, cmd: redis::Cmd) -> Result<Value, ApiError> {
-        let mut conn = self.pools.commands.get().await.map_err(StreamError::from)?;
+        self.query(&cmd).await
+    }
+
+    /// One command on this thread's shared connection.
+    async fn query(&self, cmd: &redis::Cmd) -> Result<Value, ApiError> {
+        let mut conn = self.pools.shared.get()?;
         Ok(cmd
             .query_async(&mut conn)
             .await
-            .map_err(StreamError::from)?)
+            .map_err(|e| self.failed(e))?)
+    }
+
+    /// A command's failure, after letting a stuck connection go.
+    fn failed(&self, e: redis::RedisError) -> StreamError {
+        self.pools.shared.forget_if_stuck(&e);
+        StreamError::from(e)
     }
 }

@@ -38,6 +38,8 @@ pub async fn run_app<A: App>(
     build: impl Future<Output = anyhow::Result<A>>,
 ) -> anyhow::Result<()> {
     init_tracing(telemetry, service);
+    // Installed before anything registers a metric: registrations made earlier would be lost.
+    crate::telemetry::metrics_handle();
     let app = build
         .await
         .inspect_err(|e| tracing::error!(error = format!("{e:#}"), "cannot start"))?;

@@ -358,10 +358,18 @@ pub async fn remove(
     id: &str,
     aggregate: Option<Uuid>,
 ) -> Result<(), StreamError> {
-    let chain = aggregate.map_or_else(|| keys.stream.clone(), |a| keys.chain(a));
+    // A lone entry (no aggregate) is on no chain: only the stream holds it.
+    let Some(aggregate) = aggregate else {
+        let _: i64 = redis::cmd("XDEL")
+            .arg(&keys.stream)
+            .arg(id)
+            .query_async(conn)
+            .await?;
+        return Ok(());
+    };
     let _: i64 = POP_SCRIPT
         .key(&keys.stream)
-        .key(chain)
+        .key(keys.chain(aggregate))
         .arg(id)
         .invoke_async(conn)
         .await?;

@@ -3,10 +3,17 @@
 //! Two pools: one for ordinary commands, with a response timeout so a stuck server fails fast,
 //! and one for blocking reads (`XREADGROUP … BLOCK`) with no response timeout. The redis crate's
 //! default 500 ms timeout would otherwise cut every blocking read short (ecosystem.md, trap 1).
+//! And, for request/response reads, [`SharedConnections`]: multiplexed connections that need
+//! no checkout (a pool's checkout sends `UNWATCH` + `PING` first, turning a one-`GET` read
+//! into three commands).
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::thread::ThreadId;
 use std::time::Duration;
 
-use deadpool_redis::redis::AsyncConnectionConfig;
+use deadpool_redis::redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use deadpool_redis::redis::{AsyncConnectionConfig, Client};
 use deadpool_redis::{Manager, Pool, Runtime};
 
 use crate::{KeySpace, StreamError};
@@ -47,6 +54,8 @@ pub struct RedisPools {
     pub commands: Pool,
     /// Blocking reads only; no response timeout.
     pub blocking: Pool,
+    /// Multiplexed connections for reads on the request path.
+    pub shared: SharedConnections,
     /// The deployment's key space.
     pub keys: KeySpace,
 }
@@ -83,6 +92,7 @@ impl RedisPools {
         Ok(Self {
             commands: build(Some(settings.command_timeout))?,
             blocking: build(None)?,
+            shared: SharedConnections::new(settings)?,
             keys: KeySpace::new(settings.key_prefix.clone()),
         })
     }
@@ -118,5 +128,85 @@ impl RedisPools {
             .query_async(&mut conn)
             .await?;
         Ok(())
+    }
+}
+
+/// One multiplexed, self-reconnecting connection per thread, for request/response commands.
+///
+/// Taking one costs no round trip (a pool checkout pings first). One per thread, not one per
+/// process: each actix worker is a runtime of its own, and a connection is driven by a task on
+/// the runtime that opened it, so a request's Redis IO stays on the request's thread instead
+/// of waking another one for every reply (and dies with no other worker's runtime).
+///
+/// A broken connection fails the commands in flight (the caller answers 503) and is
+/// reopened on the next use. Blocking reads must not use it: they would stall everything
+/// multiplexed behind them.
+#[derive(Clone)]
+pub struct SharedConnections {
+    client: Client,
+    config: ConnectionManagerConfig,
+    by_thread: Arc<Mutex<HashMap<ThreadId, ConnectionManager>>>,
+}
+
+impl std::fmt::Debug for SharedConnections {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedConnections").finish_non_exhaustive()
+    }
+}
+
+impl SharedConnections {
+    fn new(settings: &RedisSettings) -> Result<Self, StreamError> {
+        let client = Client::open(settings.url.as_str())
+            .map_err(|e| StreamError::Config(format!("REDIS_URL does not parse: {e}")))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(settings.connect_timeout))
+            .set_response_timeout(Some(settings.command_timeout))
+            // Reconnecting is retried briefly; a longer outage fails requests fast (503) and
+            // the next request tries again.
+            .set_number_of_retries(2)
+            .set_min_delay(Duration::from_millis(10))
+            .set_max_delay(Duration::from_millis(200));
+        Ok(Self {
+            client,
+            config,
+            by_thread: Arc::default(),
+        })
+    }
+
+    /// This thread's connection (opened on first use, on the current tokio runtime). Clones
+    /// are cheap and share the connection.
+    ///
+    /// # Errors
+    /// [`StreamError::Unavailable`] when the connection cannot be set up.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime.
+    pub fn get(&self) -> Result<ConnectionManager, StreamError> {
+        let thread = std::thread::current().id();
+        let mut by_thread = self
+            .by_thread
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(conn) = by_thread.get(&thread) {
+            return Ok(conn.clone());
+        }
+        let conn =
+            ConnectionManager::new_lazy_with_config(self.client.clone(), self.config.clone())
+                .map_err(StreamError::from)?;
+        by_thread.insert(thread, conn.clone());
+        Ok(conn)
+    }
+
+    /// Call with the error of a command on this thread's connection: after a timeout the
+    /// connection is dropped and the next [`SharedConnections::get`] opens a new one. (The
+    /// connection reopens by itself when it breaks, but not when the server or the network
+    /// silently stops answering: a multiplexed connection cannot tell that from slowness.)
+    pub fn forget_if_stuck(&self, error: &deadpool_redis::redis::RedisError) {
+        if error.is_timeout() {
+            self.by_thread
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .remove(&std::thread::current().id());
+        }
     }
 }

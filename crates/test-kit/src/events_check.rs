@@ -96,7 +96,11 @@ async fn append_next(pool: &Pool, id: Uuid, n: usize, partitions: u32) -> Result
     outbox::append_events(&tx, &events, partitions)
         .await
         .map_err(|e| e.to_string())?;
-    tx.commit().await.map_err(|e| e.to_string())
+    tx.commit().await.map_err(|e| e.to_string())?;
+    // As command-api does: the relay is woken after the commit.
+    outbox::wake::notify(&**c, &outbox::wake::partitions_of(&events, partitions))
+        .await
+        .map_err(|e| e.to_string())
 }
 
 /// Every envelope in `module`'s partition streams, in stream order per partition.

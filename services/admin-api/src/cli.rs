@@ -87,6 +87,13 @@ pub enum Ops {
     Dlq(DlqCommand),
     /// The pipeline's health (exit 1 when unhealthy).
     Health,
+    /// Exit 0 when `url` answers 2xx within 2 s, 1 otherwise. The container image has no shell
+    /// and no curl, so compose healthchecks of every service run this (`admin-api probe
+    /// http://127.0.0.1:8080/readyz`); it needs no token and prints nothing.
+    Probe {
+        /// The URL to GET, e.g. http://127.0.0.1:9101/readyz
+        url: String,
+    },
 }
 
 /// Dead-letter commands.
@@ -183,6 +190,15 @@ pub async fn run(command: Ops, args: ClientArgs) -> anyhow::Result<i32> {
     let get = reqwest::Method::GET;
     let print = |v: &Value| println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
     match command {
+        Ops::Probe { url } => {
+            let answered = client
+                .http
+                .get(&url)
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await;
+            return Ok(i32::from(!answered.is_ok_and(|r| r.status().is_success())));
+        }
         Ops::Projections => {
             let v = client.ok(get, "/admin/cqrs/projections").await?;
             if json {

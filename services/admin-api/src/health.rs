@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 use serde_json::{Value, json};
+use utoipa::ToSchema;
 
 use crate::admin::Admin;
 use crate::status::{ProjectionStatus, projection_status};
@@ -34,7 +35,7 @@ pub struct HealthSettings {
 }
 
 /// How one component is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Level {
     /// Fine.
@@ -46,7 +47,7 @@ pub enum Level {
 }
 
 /// One component.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Component {
     /// `projection:<name>`, `relay`, `postgres`, `redis`.
     pub name: String,
@@ -59,7 +60,7 @@ pub struct Component {
 }
 
 /// The answer.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct CqrsHealth {
     /// The worst component's level.
     pub status: Level,

@@ -10,6 +10,7 @@ pub mod admin;
 pub mod auth;
 pub mod cli;
 pub mod health;
+pub mod observe;
 pub mod routes;
 pub mod status;
 pub mod views;
@@ -24,6 +25,8 @@ use outbox::control::ControlStore;
 use projection::snapshot::SnapshotSettings;
 use service_kit::Secret;
 use service_kit::health::Health;
+use service_kit::http::Routes;
+use service_kit::http::api::ApiInfo;
 use service_kit::http::server::ServerOptions;
 use service_kit::settings::{PostgresArgs, RedisArgs, ShutdownArgs, StreamArgs, TelemetryArgs};
 use service_kit::startup::{App, HttpService, connect_postgres, host_name};
@@ -151,6 +154,7 @@ async fn register_projections(pool: &outbox::Pool) -> anyhow::Result<u64> {
 /// A built admin-api.
 pub struct Application {
     http: HttpService,
+    admin: Admin,
 }
 
 impl Application {
@@ -179,7 +183,7 @@ impl Application {
                 env!("CARGO_PKG_VERSION"),
             )
         };
-        let admin = web::Data::new(Admin {
+        let state = Admin {
             pg: pool.clone(),
             redis: redis.clone(),
             partitions: settings.streams.stream_partitions,
@@ -194,7 +198,10 @@ impl Application {
                 outbox_unhealthy: ms(settings.outbox_unhealthy_ms),
             },
             snapshots,
-        });
+        };
+        let admin = web::Data::new(state.clone());
+        service_kit::telemetry::metrics_handle();
+        observe::describe();
         let health = Health::new("admin-api")
             .with_postgres(pool)
             .with_redis(redis);
@@ -202,12 +209,13 @@ impl Application {
             workers: Some(2),
             grace: settings.shutdown.grace(),
         };
-        let http = HttpService::start(settings.http_addr, options, health, move |cfg| {
-            cfg.app_data(admin.clone()).app_data(tokens.clone());
-            routes::routes(cfg);
-        })?;
+        let mut api = Routes::new();
+        api.app_data(admin).app_data(tokens);
+        routes::routes(&mut api);
+        let info = ApiInfo::new("admin-api", env!("CARGO_PKG_VERSION"));
+        let http = HttpService::start_api(settings.http_addr, options, health, &info, api)?;
         tracing::info!(port = http.port(), "admin-api listening");
-        Ok(Self { http })
+        Ok(Self { http, admin: state })
     }
 
     /// The bound port.
@@ -220,7 +228,9 @@ impl Application {
 impl App for Application {
     /// Serves until `shutdown`.
     async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let observer = tokio::spawn(observe::run(self.admin, shutdown.clone()));
         self.http.run_until_stopped(shutdown).await?;
+        observer.await.ok();
         tracing::info!("admin-api stopped");
         Ok(())
     }

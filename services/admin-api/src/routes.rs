@@ -11,44 +11,81 @@ use outbox::snapshots::SnapshotStore;
 use projection::dead_letters::{DeadLetterError, DeadLetters};
 use projection::snapshot::SnapshotError;
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 use service_kit::http::extract::{parse_uuid, query_config};
-use service_kit::http::{ApiError, resource};
+use service_kit::http::{ApiError, ErrorBody, Routes};
 use streams::dlq::DeadLetterKeys;
+use utoipa::IntoParams;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 
 use crate::admin::Admin;
 use crate::auth::Caller;
-use crate::health;
+use crate::health::{self, CqrsHealth};
+use crate::status::ProjectionStatus;
 use crate::status::projection_status;
-use crate::views::{AuditView, DeadLetterView, OperationView, SnapshotView};
+use crate::views::{
+    AuditPage, AuditView, BulkRedriveView, DeadLetterPage, DeadLetterStatsView, DeadLetterView,
+    DesiredStateView, DiscardView, GroupView, OperationStartedView, OperationView, OutboxStatsView,
+    PartitionView, RedriveView, SnapshotCountView, SnapshotView, StreamView,
+};
 
 type State = web::Data<Admin>;
 /// A caller, or why there is none: mutating handlers audit both.
 type MaybeCaller = Result<Caller, ApiError>;
 
-/// Registers the routes. App data: `web::Data<Admin>`, `web::Data<Tokens>`.
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    let r = |path| resource(path).app_data(query_config());
-    cfg.service(r("/health/cqrs").route(web::get().to(cqrs_health)))
-        .service(r("/admin/cqrs/projections").route(web::get().to(list_projections)))
-        .service(r("/admin/cqrs/projections/{name}").route(web::get().to(get_projection)))
-        .service(r("/admin/cqrs/projections/{name}/pause").route(web::post().to(pause)))
-        .service(r("/admin/cqrs/projections/{name}/resume").route(web::post().to(resume)))
-        .service(r("/admin/cqrs/projections/{name}/reset").route(web::post().to(reset)))
-        .service(r("/admin/cqrs/projections/{name}/rebuild").route(web::post().to(rebuild)))
-        .service(r("/admin/cqrs/projections/{name}/snapshot").route(web::post().to(snapshot)))
-        .service(r("/admin/cqrs/snapshots/{name}/count").route(web::get().to(snapshot_count)))
-        .service(r("/admin/cqrs/operations/{id}").route(web::get().to(get_operation)))
-        .service(r("/admin/cqrs/dlq").route(web::get().to(list_dead_letters)))
-        .service(r("/admin/cqrs/dlq/stats").route(web::get().to(dead_letter_stats)))
-        .service(r("/admin/cqrs/dlq/retry").route(web::post().to(retry_all)))
-        .service(r("/admin/cqrs/dlq/{id}/retry").route(web::post().to(retry_one)))
-        .service(r("/admin/cqrs/dlq/{id}").route(web::delete().to(discard)))
-        .service(r("/admin/cqrs/outbox/stats").route(web::get().to(outbox_stats)))
-        .service(r("/admin/cqrs/streams").route(web::get().to(list_streams)))
-        .service(r("/admin/cqrs/audit").route(web::get().to(list_audit)));
+/// The name of the admin token scheme in the document.
+pub const ADMIN_TOKEN: &str = "admin_token";
+
+/// The bearer scheme of admin-api: an operator or read-only token from `ADMIN_TOKENS` /
+/// `ADMIN_READONLY_TOKENS`.
+#[must_use]
+pub fn admin_token_scheme() -> SecurityScheme {
+    let mut http = Http::new(HttpAuthScheme::Bearer);
+    http.description = Some(
+        "An operator token (ADMIN_TOKENS) or, for reads only, a read-only token \
+         (ADMIN_READONLY_TOKENS)"
+            .into(),
+    );
+    SecurityScheme::Http(http)
 }
 
+/// Registers the routes, each with its operation. App data: `web::Data<Admin>`,
+/// `web::Data<Tokens>`.
+pub fn routes(routes: &mut Routes) {
+    routes.security_scheme(ADMIN_TOKEN, admin_token_scheme());
+    routes
+        .with_data(query_config())
+        .add(__path_cqrs_health, cqrs_health)
+        .add(__path_list_projections, list_projections)
+        .add(__path_get_projection, get_projection)
+        .add(__path_pause, pause)
+        .add(__path_resume, resume)
+        .add(__path_reset, reset)
+        .add(__path_rebuild, rebuild)
+        .add(__path_snapshot, snapshot)
+        .add(__path_snapshot_count, snapshot_count)
+        .add(__path_get_operation, get_operation)
+        .add(__path_list_dead_letters, list_dead_letters)
+        .add(__path_dead_letter_stats, dead_letter_stats)
+        .add(__path_retry_all, retry_all)
+        .add(__path_retry_one, retry_one)
+        .add(__path_discard, discard)
+        .add(__path_outbox_stats, outbox_stats)
+        .add(__path_list_streams, list_streams)
+        .add(__path_list_audit, list_audit);
+}
+
+/// Health of the pipeline, judged from real data: one component per projection, the relay,
+/// PostgreSQL and Redis. No token needed.
+#[utoipa::path(
+    get,
+    path = "/health/cqrs",
+    tag = "health",
+    responses(
+        (status = 200, description = "`healthy`, or `degraded` (working, with the reason)", body = CqrsHealth),
+        (status = 503, description = "`unhealthy`: something is stuck, gone or down", body = CqrsHealth),
+    ),
+)]
 async fn cqrs_health(admin: State) -> HttpResponse {
     let report = health::check(&admin).await;
     if report.status == health::Level::Unhealthy {
@@ -58,6 +95,18 @@ async fn cqrs_health(admin: State) -> HttpResponse {
     }
 }
 
+/// The status of every projection.
+#[utoipa::path(
+    get,
+    path = "/admin/cqrs/projections",
+    tag = "projections",
+    responses(
+        (status = 200, description = "Every projection of the registry", body = Vec<ProjectionStatus>),
+        (status = 401, description = "Missing or unknown token", body = ErrorBody),
+        (status = 503, description = "PostgreSQL or Redis is unavailable", body = ErrorBody),
+    ),
+    security(("admin_token" = [])),
+)]
 async fn list_projections(_: Caller, admin: State) -> Result<HttpResponse, ApiError> {
     let mut out = Vec::new();
     for module in modules::ALL {
@@ -66,6 +115,20 @@ async fn list_projections(_: Caller, admin: State) -> Result<HttpResponse, ApiEr
     Ok(HttpResponse::Ok().json(out))
 }
 
+/// The status of one projection.
+#[utoipa::path(
+    get,
+    path = "/admin/cqrs/projections/{name}",
+    tag = "projections",
+    params(("name" = String, Path, description = "The projection, e.g. `task_projection`")),
+    responses(
+        (status = 200, description = "Its status", body = ProjectionStatus),
+        (status = 401, description = "Missing or unknown token", body = ErrorBody),
+        (status = 404, description = "No such projection", body = ErrorBody),
+        (status = 503, description = "PostgreSQL or Redis is unavailable", body = ErrorBody),
+    ),
+    security(("admin_token" = [])),
+)]
 async fn get_projection(
     _: Caller,
     admin: State,
@@ -75,6 +138,21 @@ async fn get_projection(
     Ok(HttpResponse::Ok().json(projection_status(&admin, module).await?))
 }
 
+/// Pauses a projection: every replica stops applying within 2 s and reports `paused`.
+#[utoipa::path(
+    post,
+    path = "/admin/cqrs/projections/{name}/pause",
+    tag = "projections",
+    params(("name" = String, Path, description = "The projection")),
+    responses(
+        (status = 202, description = "Asked; the replicas follow", body = DesiredStateView),
+        (status = 401, description = "Missing or unknown token", body = ErrorBody),
+        (status = 403, description = "A read-only token", body = ErrorBody),
+        (status = 404, description = "No such projection", body = ErrorBody),
+        (status = 503, description = "PostgreSQL is unavailable; nothing changed", body = ErrorBody),
+    ),
+    security(("admin_token" = [])),
+)]
 async fn pause(
     caller: MaybeCaller,
     admin: State,
@@ -83,12 +161,32 @@ async fn pause(
     set_desired(caller, admin, &name, DesiredState::Paused).await
 }
 
+/// Resumes a paused projection; it catches up from where it stopped.
+#[utoipa::path(
+    post,
+    path = "/admin/cqrs/projections/{name}/resume",
+    tag = "projections",
+    params(("name" = String, Path, description = "The projection")),
+    responses(
+        (status = 202, description = "Asked; the replicas follow", body = DesiredStateView),
+        (status = 401, description = "Missing or unknown token", body = ErrorBody),
+        (status = 403, description = "A read-only token", body = ErrorBody),
+        (status = 404, description = "No such projection", body = ErrorBody),
+        (status = 503, description = "PostgreSQL is unavailable; nothing changed", body = ErrorBody),
+    ),
+    security(("admin_token" = [])),
+)]
 async fn resume(
     caller: MaybeCaller,
     admin: State,
     name: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     set_desired(caller, admin, &name, DesiredState::Running).await
+}
+
+/// The JSON of an answer, for the audit entry's details.
+fn details<T: serde::Serialize>(answer: &T) -> Value {
+    serde_json::to_value(answer).unwrap_or_default()
 }
 
 async fn set_desired(
@@ -110,12 +208,32 @@ async fn set_desired(
             {
                 return Err(ApiError::NotFound);
             }
-            let body = json!({"projection": name, "desired_state": state.as_str()});
-            Ok((HttpResponse::Accepted().json(&body), body))
+            let body = DesiredStateView {
+                projection: name.to_owned(),
+                desired_state: state.as_str().to_owned(),
+            };
+            Ok((HttpResponse::Accepted().json(&body), details(&body)))
         })
         .await
 }
 
+/// Resets a projection: its read model is withdrawn (queries answer 503 meanwhile), history
+/// replayed into a new generation, then it goes on live.
+#[utoipa::path(
+    post,
+    path = "/admin/cqrs/projections/{name}/reset",
+    tag = "projections",
+    params(("name" = String, Path, description = "The projection")),
+    responses(
+        (status = 202, description = "Started; the workers run it", body = OperationStartedView),
+        (status = 401, description = "Missing or unknown token", body = ErrorBody),
+        (status = 403, description = "A read-only token", body = ErrorBody),
+        (status = 404, description = "No such projection", body = ErrorBody),
+        (status = 409, description = "A reset or rebuild of it is running; `details.operation_id` names it", body = ErrorBody),
+        (status = 503, description = "PostgreSQL is unavailable; nothing started", body = ErrorBody),
+    ),
+    security(("admin_token" = [])),
+)]
 async fn reset(
     caller: MaybeCaller,
     admin: State,
@@ -124,11 +242,34 @@ async fn reset(
     start_operation(caller, &admin, &name, OperationKind::Reset, false).await
 }
 
-#[derive(Debug, Deserialize)]
+/// Where a rebuild starts. Read as a string so that a bad value answers 400 naming it.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct RebuildParams {
+    /// `snapshot`: load the newest snapshot and replay only what follows it. Absent (or
+    /// `scratch`): replay from the first event.
+    #[param(value_type = Option<String>, pattern = "^(snapshot|scratch)$")]
     from: Option<String>,
 }
 
+/// Rebuilds a projection with zero downtime: a new generation is built beside the served
+/// one, which keeps answering, and replaces it once caught up.
+#[utoipa::path(
+    post,
+    path = "/admin/cqrs/projections/{name}/rebuild",
+    tag = "projections",
+    params(("name" = String, Path, description = "The projection"), RebuildParams),
+    responses(
+        (status = 202, description = "Started; the workers run it", body = OperationStartedView),
+        (status = 400, description = "Bad `from`", body = ErrorBody),
+        (status = 401, description = "Missing or unknown token", body = ErrorBody),
+        (status = 403, description = "A read-only token", body = ErrorBody),
+        (status = 404, description = "No such projection", body = ErrorBody),
+        (status = 409, description = "A reset or rebuild of it is running (`details.operation_id` names it), or `from=snapshot` and it has none", body = ErrorBody),
+        (status = 503, description = "PostgreSQL is unavailable; nothing started", body = ErrorBody),
+    ),
+    security(("admin_token" = [])),
+)]
 async fn rebuild(
     caller: MaybeCaller,
     admin: State,
@@ -191,10 +332,12 @@ async fn start_operation(
             };
             match OperationStore::new(admin.pg.clone()).start(new).await? {
                 Started::New(op) => {
-                    let body = json!({"operation_id": op.id.to_string()});
-                    let mut details = body.clone();
+                    let body = OperationStartedView {
+                        operation_id: op.id.to_string(),
+                    };
+                    let mut details = details(&body);
                     if let Some(s) = snapshot_id {
-                        details["snapshot_id"] = json!(s.to_string());
+                        details["snapshot_id"] = Value::String(s.to_string());
                     }
                     Ok((HttpResponse::Accepted().json(&body), details))
                 }
@@ -204,13 +347,32 @@ async fn start_operation(
                         op.kind.as_str(),
                         op.id
                     ),
-                    details: json!({"operation_id": op.id.to_string()}),
+                    details: details(&OperationStartedView {
+                        operation_id: op.id.to_string(),
+                    }),
                 }),
             }
         })
         .await
 }
 
+/// Takes a snapshot of the projection's served read model (replicas hold still while it is
+/// copied) into PostgreSQL, at a known `event_store` position.
+#[utoipa::path(
+    post,
+    path = "/admin/cqrs/projections/{name}/snapshot",
+    tag = "snapshots",
+    params(("name" = String, Path, description = "The projection")),
+    responses(
+        (status = 201, description = "Taken", body = SnapshotView),
+        (status = 401, description = "Missing or unknown token", body = ErrorBody),
+        (status = 403, description = "A read-only token", body = ErrorBody),
+        (status = 404, description = "No such projection", body = ErrorBody),
+        (status = 409, description = "Nothing is served yet, or a snapshot, reset or rebuild of it runs", body = ErrorBody),
+        (status = 503, description = "The replicas did not hold still in time, or PostgreSQL or Redis is unavailable", body = ErrorBody),
+    ),
+    security(("admin_token" = [])),
+)]
 async fn snapshot(
     caller: MaybeCaller,
     admin: State,
@@ -230,12 +392,26 @@ async fn snapshot(
                         SnapshotError::Streams(e) => e.into(),
                     })?;
             let view = SnapshotView::from(&taken);
-            let details = serde_json::to_value(&view).unwrap_or_default();
+            let details = details(&view);
             Ok((HttpResponse::Created().json(view), details))
         })
         .await
 }
 
+/// How many snapshots of the projection are kept.
+#[utoipa::path(
+    get,
+    path = "/admin/cqrs/snapshots/{name}/count",
+    tag = "snapshots",
+    params(("name" = String, Path, description = "The projection")),
+    responses(
+        (status = 200, description = "The count", body = SnapshotCountView),
+        (status = 401, description = "Missing or unknown token", body = ErrorBody),
+        (status = 404, description = "No such projection", body = ErrorBody),
+        (status = 503, description = "PostgreSQL is unavailable", body = ErrorBody),
+    ),
+    security(("admin_token" = [])),
+)]
 async fn snapshot_count(
     _: Caller,
     admin: State,
@@ -243,9 +419,24 @@ async fn snapshot_count(
 ) -> Result<HttpResponse, ApiError> {
     Admin::module(&name)?;
     let count = SnapshotStore::new(admin.pg.clone()).count(&name).await?;
-    Ok(HttpResponse::Ok().json(json!({"count": count})))
+    Ok(HttpResponse::Ok().json(SnapshotCountView { count }))
 }
 
+/// A reset or rebuild: its state and progress (events applied of total, rate, ETA).
+#[utoipa::path(
+    get,
+    path = "/admin/cqrs/operations/{id}",
+    tag = "operations",
+    params(("id" = uuid::Uuid, Path, description = "The operation")),
+    responses(
+        (status = 200, description = "The operation", body = OperationView),
+        (status = 400, description = "`id` is not a UUID", body = ErrorBody),
+        (status = 401, description = "Missing or unknown token", body = ErrorBody),
+        (status = 404, description = "No such operation", body = ErrorBody),
+        (status = 503, description = "PostgreSQL is unavailable", body = ErrorBody),
+    ),
+    security(("admin_token" = [])),
+)]
 async fn get_operation(
     _: Caller,
     admin: State,
@@ -259,10 +450,17 @@ async fn get_operation(
     Ok(HttpResponse::Ok().json(OperationView::from(&op)))
 }
 
-#[derive(Debug, Deserialize)]
+/// The query of the dead-letter list. Read as strings so that a bad value answers 400
+/// naming its field.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListParams {
+    /// Only this projection's dead letters.
     projection: Option<String>,
+    /// Page size, 1–100 (default 20).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 100)]
     limit: Option<String>,
+    /// The previous page's `next_cursor`.
     cursor: Option<String>,
 }
 
@@ -284,6 +482,20 @@ fn bad_cursor() -> ApiError {
 
 /// The dead letters of one projection, or of all, oldest first per projection. The cursor
 /// names the projection and the entry the next page starts after.
+#[utoipa::path(
+    get,
+    path = "/admin/cqrs/dlq",
+    tag = "dead letters",
+    params(ListParams),
+    responses(
+        (status = 200, description = "A page", body = DeadLetterPage),
+        (status = 400, description = "Bad `limit` or `cursor`", body = ErrorBody),
+        (status = 401, description = "Missing or unknown token", body = ErrorBody),
+        (status = 404, description = "No such projection", body = ErrorBody),
+        (status = 503, description = "Redis is unavailable", body = ErrorBody),
+    ),
+    security(("admin_token" = [])),
+)]
 async fn list_dead_letters(
     _: Caller,
     admin: State,
@@ -311,7 +523,7 @@ async fn list_dead_letters(
         .await
         .map_err(streams::StreamError::from)?;
     let mut items = Vec::new();
-    let mut next = None;
+    let mut next_cursor = None;
     while at < names.len() {
         let keys = DeadLetterKeys::new(&admin.redis.keys, names[at]);
         let want = limit - items.len();
@@ -325,38 +537,48 @@ async fn list_dead_letters(
             let last = page.get(want - 1).map(|e| e.id.clone());
             let has_next = more || at + 1 < names.len();
             if has_next && let Some(last) = last {
-                next = Some(URL_SAFE_NO_PAD.encode(format!("{}\n{last}", names[at])));
+                next_cursor = Some(URL_SAFE_NO_PAD.encode(format!("{}\n{last}", names[at])));
             }
             break;
         }
         at += 1;
         after = None;
     }
-    Ok(HttpResponse::Ok().json(json!({"items": items, "next_cursor": next})))
+    Ok(HttpResponse::Ok().json(DeadLetterPage { items, next_cursor }))
 }
 
+/// Dead letters counted by projection and by error type.
+#[utoipa::path(
+    get,
+    path = "/admin/cqrs/dlq/stats",
+    tag = "dead letters",
+    responses(
+        (status = 200, description = "The counts", body = DeadLetterStatsView),
+        (status = 401, description = "Missing or unknown token", body = ErrorBody),
+        (status = 503, description = "Redis is unavailable", body = ErrorBody),
+    ),
+    security(("admin_token" = [])),
+)]
 async fn dead_letter_stats(_: Caller, admin: State) -> Result<HttpResponse, ApiError> {
-    let mut total = 0u64;
-    let mut by_projection = serde_json::Map::new();
-    let mut by_error_type: std::collections::BTreeMap<String, u64> = Default::default();
-    let mut oldest = 0f64;
+    let mut view = DeadLetterStatsView {
+        total: 0,
+        by_projection: Default::default(),
+        by_error_type: Default::default(),
+        oldest_age_seconds: 0.0,
+    };
     for module in modules::ALL {
         let stats = DeadLetters::new(admin.redis.clone(), (module.projection)())
             .stats()
             .await?;
-        total += stats.total;
-        by_projection.insert(module.spec.projection.to_owned(), json!(stats.total));
+        view.total += stats.total;
+        view.by_projection
+            .insert(module.spec.projection.to_owned(), stats.total);
         for (t, n) in stats.by_error_type {
-            *by_error_type.entry(t).or_default() += n;
+            *view.by_error_type.entry(t).or_default() += n;
         }
-        oldest = oldest.max(stats.oldest_age_seconds);
+        view.oldest_age_seconds = view.oldest_age_seconds.max(stats.oldest_age_seconds);
     }
-    Ok(HttpResponse::Ok().json(json!({
-        "total": total,
-        "by_projection": by_projection,
-        "by_error_type": by_error_type,
-        "oldest_age_seconds": oldest,
-    })))
+    Ok(HttpResponse::Ok().json(view))
 }
 
 /// A dead letter's public id, `<projection>:<entry id>`, split.
@@ -377,6 +599,24 @@ fn dead_letter_error(e: DeadLetterError) -> ApiError {
     }
 }
 
+/// Re-drives one dead letter, then the events parked behind it, in order. One that still
+/// fails stays a dead letter (409), nothing is lost.
+#[utoipa::path(
+    post,
+    path = "/admin/cqrs/dlq/{id}/retry",
+    tag = "dead letters",
+    params(("id" = String, Path, description = "`<projection>:<entry id>`, as listed")),
+    responses(
+        (status = 202, description = "Applied", body = RedriveView),
+        (status = 400, description = "`id` is not `<projection>:<entry id>`", body = ErrorBody),
+        (status = 401, description = "Missing or unknown token", body = ErrorBody),
+        (status = 403, description = "A read-only token", body = ErrorBody),
+        (status = 404, description = "No such dead letter or projection", body = ErrorBody),
+        (status = 409, description = "It still fails (it stays), or it is parked behind another: retry that one", body = ErrorBody),
+        (status = 503, description = "Redis is unavailable", body = ErrorBody),
+    ),
+    security(("admin_token" = [])),
+)]
 async fn retry_one(
     caller: MaybeCaller,
     admin: State,
@@ -389,22 +629,45 @@ async fn retry_one(
                 .redrive(entry)
                 .await
                 .map_err(dead_letter_error)?;
-            let body = json!({
-                "applied": done.applied,
-                "duplicates": done.duplicates,
-                "unparked": done.unparked,
-            });
-            Ok((HttpResponse::Accepted().json(&body), body))
+            let body = RedriveView {
+                applied: done.applied,
+                duplicates: done.duplicates,
+                unparked: done.unparked,
+            };
+            Ok((HttpResponse::Accepted().json(&body), details(&body)))
         })
         .await
 }
 
-#[derive(Debug, Deserialize)]
+/// The query of a bulk re-drive. Read as strings so that a bad value answers 400 naming it.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct RetryAllParams {
+    /// The projection whose dead letters to re-drive (required).
+    #[param(required = true, value_type = String)]
     projection: Option<String>,
+    /// `true`: only say what would be re-driven.
+    #[param(value_type = Option<bool>)]
     dry_run: Option<String>,
 }
 
+/// Re-drives every dead letter of a projection, chain by chain in order, in bounded pages.
+#[utoipa::path(
+    post,
+    path = "/admin/cqrs/dlq/retry",
+    tag = "dead letters",
+    params(RetryAllParams),
+    responses(
+        (status = 200, description = "`dry_run=true`: what would be re-driven", body = BulkRedriveView),
+        (status = 202, description = "Re-driven; the chains still failing stay", body = BulkRedriveView),
+        (status = 400, description = "Missing `projection`, bad `dry_run`", body = ErrorBody),
+        (status = 401, description = "Missing or unknown token", body = ErrorBody),
+        (status = 403, description = "A read-only token", body = ErrorBody),
+        (status = 404, description = "No such projection", body = ErrorBody),
+        (status = 503, description = "Redis is unavailable", body = ErrorBody),
+    ),
+    security(("admin_token" = [])),
+)]
 async fn retry_all(
     caller: MaybeCaller,
     admin: State,
@@ -431,31 +694,53 @@ async fn retry_all(
             let bulk = DeadLetters::new(admin.redis.clone(), (module.projection)())
                 .redrive_all(dry_run)
                 .await?;
-            let body = json!({
-                "dry_run": bulk.dry_run,
-                "entries": bulk.entries,
-                "chains": bulk.aggregates,
-                "applied": bulk.done.applied,
-                "duplicates": bulk.done.duplicates,
-                "unparked": bulk.done.unparked,
-                "still_failing": bulk.still_failing,
-                "failures": bulk.failures,
-            });
+            let body = BulkRedriveView {
+                dry_run: bulk.dry_run,
+                entries: bulk.entries,
+                chains: bulk.aggregates,
+                applied: bulk.done.applied,
+                duplicates: bulk.done.duplicates,
+                unparked: bulk.done.unparked,
+                still_failing: bulk.still_failing,
+                failures: bulk.failures,
+            };
             let response = if dry_run {
                 HttpResponse::Ok().json(&body)
             } else {
                 HttpResponse::Accepted().json(&body)
             };
-            Ok((response, body))
+            Ok((response, details(&body)))
         })
         .await
 }
 
-#[derive(Debug, Deserialize)]
+/// The query of a discard.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct DiscardParams {
+    /// Why the event is given up (required, at most 500 characters): kept in the audit log.
+    #[param(required = true, value_type = String, min_length = 1, max_length = 500)]
     reason: Option<String>,
 }
 
+/// Discards a dead letter for good: the event is kept in the audit entry with the reason,
+/// and replays skip it from then on; events parked behind it are applied.
+#[utoipa::path(
+    delete,
+    path = "/admin/cqrs/dlq/{id}",
+    tag = "dead letters",
+    params(("id" = String, Path, description = "`<projection>:<entry id>`, as listed"), DiscardParams),
+    responses(
+        (status = 200, description = "Discarded", body = DiscardView),
+        (status = 400, description = "No `reason`, or a bad `id`", body = ErrorBody),
+        (status = 401, description = "Missing or unknown token", body = ErrorBody),
+        (status = 403, description = "A read-only token", body = ErrorBody),
+        (status = 404, description = "No such dead letter or projection", body = ErrorBody),
+        (status = 409, description = "It is parked behind another: discard or retry that one", body = ErrorBody),
+        (status = 503, description = "PostgreSQL or Redis is unavailable", body = ErrorBody),
+    ),
+    security(("admin_token" = [])),
+)]
 async fn discard(
     caller: MaybeCaller,
     admin: State,
@@ -502,32 +787,60 @@ async fn discard(
                     .await?;
             }
             let done = letters.discard(entry).await.map_err(dead_letter_error)?;
-            let body = json!({
-                "discarded": done.discarded,
-                "applied": done.applied,
-                "unparked": done.unparked,
-            });
-            let details = json!({"result": body, "dead_letter": event});
+            let body = DiscardView {
+                discarded: done.discarded,
+                applied: done.applied,
+                unparked: done.unparked,
+            };
+            let details = serde_json::json!({"result": details(&body), "dead_letter": event});
             Ok((HttpResponse::Ok().json(&body), details))
         })
         .await
 }
 
+/// The outbox: rows waiting to be published, per partition, and who holds each partition.
+#[utoipa::path(
+    get,
+    path = "/admin/cqrs/outbox/stats",
+    tag = "pipeline",
+    responses(
+        (status = 200, description = "The outbox", body = OutboxStatsView),
+        (status = 401, description = "Missing or unknown token", body = ErrorBody),
+        (status = 503, description = "PostgreSQL is unavailable", body = ErrorBody),
+    ),
+    security(("admin_token" = [])),
+)]
 async fn outbox_stats(_: Caller, admin: State) -> Result<HttpResponse, ApiError> {
     let stats = outbox::stats::outbox_stats(&admin.pg, admin.partitions).await?;
-    Ok(HttpResponse::Ok().json(json!({
-        "pending_count": stats.pending_count,
-        "oldest_pending_age_seconds": stats.oldest_pending_age_seconds,
-        "live_relays": stats.live_relays,
-        "partitions": stats.partitions.iter().map(|p| json!({
-            "partition": p.partition,
-            "pending": p.pending,
-            "oldest_pending_age_seconds": p.oldest_pending_age_seconds,
-            "owner": p.owner,
-        })).collect::<Vec<_>>(),
-    })))
+    Ok(HttpResponse::Ok().json(OutboxStatsView {
+        pending_count: stats.pending_count,
+        oldest_pending_age_seconds: stats.oldest_pending_age_seconds,
+        live_relays: stats.live_relays,
+        partitions: stats
+            .partitions
+            .into_iter()
+            .map(|p| PartitionView {
+                partition: p.partition,
+                pending: p.pending,
+                oldest_pending_age_seconds: p.oldest_pending_age_seconds,
+                owner: p.owner,
+            })
+            .collect(),
+    }))
 }
 
+/// Every partition stream of every module, with its consumer groups.
+#[utoipa::path(
+    get,
+    path = "/admin/cqrs/streams",
+    tag = "pipeline",
+    responses(
+        (status = 200, description = "The streams", body = Vec<StreamView>),
+        (status = 401, description = "Missing or unknown token", body = ErrorBody),
+        (status = 503, description = "Redis is unavailable", body = ErrorBody),
+    ),
+    security(("admin_token" = [])),
+)]
 async fn list_streams(_: Caller, admin: State) -> Result<HttpResponse, ApiError> {
     let routing = admin.redis.keys.routing(admin.partitions);
     let mut conn = admin
@@ -541,31 +854,54 @@ async fn list_streams(_: Caller, admin: State) -> Result<HttpResponse, ApiError>
         for stream in routing.streams(spec.name) {
             let summary = streams::info::summary(&mut conn, &stream).await?;
             let groups = streams::consumer::groups(&mut conn, &stream).await?;
-            out.push(json!({
-                "stream": stream,
-                "module": spec.name,
-                "length": summary.length,
-                "first_id": summary.first_id,
-                "last_id": summary.last_id,
-                "groups": groups.iter().map(|g| json!({
-                    "name": g.name,
-                    "consumers": g.consumers,
-                    "pending": g.pending,
-                    "lag": g.lag,
-                    "last_delivered_id": g.last_delivered_id,
-                })).collect::<Vec<_>>(),
-            }));
+            let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+            out.push(StreamView {
+                stream,
+                module: spec.name.to_owned(),
+                length: summary.length,
+                first_id: summary.first_id,
+                last_id: summary.last_id,
+                groups: groups
+                    .into_iter()
+                    .map(|g| GroupView {
+                        name: g.name,
+                        consumers: count(g.consumers),
+                        pending: count(g.pending),
+                        lag: g.lag.map(count),
+                        last_delivered_id: g.last_delivered_id,
+                    })
+                    .collect(),
+            });
         }
     }
     Ok(HttpResponse::Ok().json(out))
 }
 
-#[derive(Debug, Deserialize)]
+/// The query of the audit log.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct AuditParams {
+    /// Page size, 1–100 (default 20).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 100)]
     limit: Option<String>,
+    /// The previous page's `next_cursor`.
     cursor: Option<String>,
 }
 
+/// Every mutating call, refused ones included, newest first.
+#[utoipa::path(
+    get,
+    path = "/admin/cqrs/audit",
+    tag = "audit",
+    params(AuditParams),
+    responses(
+        (status = 200, description = "A page", body = AuditPage),
+        (status = 400, description = "Bad `limit` or `cursor`", body = ErrorBody),
+        (status = 401, description = "Missing or unknown token", body = ErrorBody),
+        (status = 503, description = "PostgreSQL is unavailable", body = ErrorBody),
+    ),
+    security(("admin_token" = [])),
+)]
 async fn list_audit(
     _: Caller,
     admin: State,
@@ -587,10 +923,10 @@ async fn list_audit(
     let mut entries = AuditStore::new(admin.pg.clone())
         .list(before, i64::try_from(limit + 1).unwrap_or(101))
         .await?;
-    let next = (entries.len() > limit).then(|| {
+    let next_cursor = (entries.len() > limit).then(|| {
         entries.truncate(limit);
         URL_SAFE_NO_PAD.encode(entries[limit - 1].id.to_string())
     });
     let items: Vec<AuditView> = entries.iter().map(AuditView::from).collect();
-    Ok(HttpResponse::Ok().json(json!({"items": items, "next_cursor": next})))
+    Ok(HttpResponse::Ok().json(AuditPage { items, next_cursor }))
 }

@@ -13,12 +13,13 @@ use service_kit::http::ApiError;
 use streams::dlq::DeadLetterKeys;
 use streams::{GenerationState, Generations, consumer, info, redis};
 use time::OffsetDateTime;
+use utoipa::ToSchema;
 
 use crate::admin::Admin;
 use crate::views::{OperationView, rfc3339};
 
 /// One consumer of the projection's group, over every partition.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, ToSchema)]
 pub struct ConsumerView {
     /// The consumer (a replica's `CONSUMER_NAME`).
     pub name: String,
@@ -29,7 +30,7 @@ pub struct ConsumerView {
 }
 
 /// One replica, as its heartbeat says.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, ToSchema)]
 pub struct ReplicaView {
     /// Its name.
     pub name: String,
@@ -48,7 +49,7 @@ pub struct ReplicaView {
 }
 
 /// `ProjectionStatus` of http-api.md.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, ToSchema)]
 pub struct ProjectionStatus {
     /// The projection.
     pub name: String,

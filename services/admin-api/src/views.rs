@@ -7,6 +7,7 @@ use serde_json::Value;
 use streams::dlq::DeadLetter;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
+use utoipa::ToSchema;
 
 /// RFC 3339 UTC.
 #[must_use]
@@ -17,7 +18,7 @@ pub fn rfc3339(t: OffsetDateTime) -> String {
 }
 
 /// An operation: `GET /admin/cqrs/operations/{id}`.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, ToSchema)]
 pub struct OperationView {
     /// Its id.
     pub id: String,
@@ -77,7 +78,7 @@ impl From<&Operation> for OperationView {
 }
 
 /// A snapshot just taken: `POST /admin/cqrs/projections/{name}/snapshot`.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, ToSchema)]
 pub struct SnapshotView {
     /// Its id.
     pub snapshot_id: String,
@@ -107,7 +108,7 @@ impl From<&Snapshot> for SnapshotView {
 }
 
 /// A dead letter: `GET /admin/cqrs/dlq`.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, ToSchema)]
 pub struct DeadLetterView {
     /// `<projection>:<entry id>`: what retry and discard take.
     pub id: String,
@@ -151,7 +152,7 @@ impl DeadLetterView {
 }
 
 /// An audit entry: `GET /admin/cqrs/audit`.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, ToSchema)]
 pub struct AuditView {
     /// When.
     pub at: String,
@@ -181,4 +182,160 @@ impl From<&outbox::audit::Entry> for AuditView {
             details: e.details.clone(),
         }
     }
+}
+
+/// What pause and resume answer: the state asked for (the replicas follow within seconds;
+/// `GET …/projections/{name}` shows when they did).
+#[derive(Debug, Clone, Serialize, PartialEq, ToSchema)]
+pub struct DesiredStateView {
+    /// The projection.
+    pub projection: String,
+    /// `paused` or `running`.
+    pub desired_state: String,
+}
+
+/// What reset and rebuild answer: the operation the workers now run.
+#[derive(Debug, Clone, Serialize, PartialEq, ToSchema)]
+pub struct OperationStartedView {
+    /// Follow it at `GET /admin/cqrs/operations/{id}`.
+    pub operation_id: String,
+}
+
+/// `GET /admin/cqrs/snapshots/{name}/count`.
+#[derive(Debug, Clone, Serialize, PartialEq, ToSchema)]
+pub struct SnapshotCountView {
+    /// Snapshots kept of the projection.
+    pub count: i64,
+}
+
+/// A page of dead letters.
+#[derive(Debug, Clone, Serialize, PartialEq, ToSchema)]
+pub struct DeadLetterPage {
+    /// Oldest first, projection by projection.
+    pub items: Vec<DeadLetterView>,
+    /// Pass as `cursor` for the next page; `null` on the last.
+    pub next_cursor: Option<String>,
+}
+
+/// `GET /admin/cqrs/dlq/stats`.
+#[derive(Debug, Clone, Serialize, PartialEq, ToSchema)]
+pub struct DeadLetterStatsView {
+    /// Dead letters in all.
+    pub total: u64,
+    /// Per projection (every projection is listed, 0 included).
+    pub by_projection: std::collections::BTreeMap<String, u64>,
+    /// Per `error_type`.
+    pub by_error_type: std::collections::BTreeMap<String, u64>,
+    /// Age of the oldest, in seconds (0 when there is none).
+    pub oldest_age_seconds: f64,
+}
+
+/// What re-driving one dead letter did.
+#[derive(Debug, Clone, Serialize, PartialEq, ToSchema)]
+pub struct RedriveView {
+    /// Events applied (the letter and the parked followers it freed).
+    pub applied: u64,
+    /// Events found already applied.
+    pub duplicates: u64,
+    /// Followers taken out of the dead letters.
+    pub unparked: u64,
+}
+
+/// What re-driving every dead letter of a projection did, or would do.
+#[derive(Debug, Clone, Serialize, PartialEq, ToSchema)]
+pub struct BulkRedriveView {
+    /// Whether nothing was done (`dry_run=true`): then the figures are what would be tried.
+    pub dry_run: bool,
+    /// Dead letters seen.
+    pub entries: u64,
+    /// Aggregate chains among them.
+    pub chains: u64,
+    /// Events applied.
+    pub applied: u64,
+    /// Events found already applied.
+    pub duplicates: u64,
+    /// Followers taken out of the dead letters.
+    pub unparked: u64,
+    /// Chains whose head still fails (left in the dead letters).
+    pub still_failing: u64,
+    /// Why, for the first few of them.
+    pub failures: Vec<String>,
+}
+
+/// What discarding a dead letter did.
+#[derive(Debug, Clone, Serialize, PartialEq, ToSchema)]
+pub struct DiscardView {
+    /// Letters removed (the one named).
+    pub discarded: u64,
+    /// Parked followers applied once it was gone.
+    pub applied: u64,
+    /// Followers taken out of the dead letters.
+    pub unparked: u64,
+}
+
+/// One outbox partition.
+#[derive(Debug, Clone, Serialize, PartialEq, ToSchema)]
+pub struct PartitionView {
+    /// Its number.
+    pub partition: i32,
+    /// Rows not yet published.
+    pub pending: i64,
+    /// Age of its oldest unpublished row, in seconds.
+    pub oldest_pending_age_seconds: f64,
+    /// The relay holding its lease, if one does.
+    pub owner: Option<String>,
+}
+
+/// `GET /admin/cqrs/outbox/stats`.
+#[derive(Debug, Clone, Serialize, PartialEq, ToSchema)]
+pub struct OutboxStatsView {
+    /// Rows not yet published.
+    pub pending_count: i64,
+    /// Age of the oldest of them, in seconds (0 when none).
+    pub oldest_pending_age_seconds: f64,
+    /// Relays holding at least one lease.
+    pub live_relays: i64,
+    /// Every partition.
+    pub partitions: Vec<PartitionView>,
+}
+
+/// A consumer group of a stream.
+#[derive(Debug, Clone, Serialize, PartialEq, ToSchema)]
+pub struct GroupView {
+    /// The group.
+    pub name: String,
+    /// Its consumers.
+    pub consumers: u64,
+    /// Entries delivered and not acknowledged.
+    pub pending: u64,
+    /// Entries not yet delivered (`null` when Redis cannot tell).
+    pub lag: Option<u64>,
+    /// The last entry delivered.
+    pub last_delivered_id: String,
+}
+
+/// One partition stream: `GET /admin/cqrs/streams`.
+#[derive(Debug, Clone, Serialize, PartialEq, ToSchema)]
+pub struct StreamView {
+    /// The stream's key.
+    pub stream: String,
+    /// The module publishing to it.
+    pub module: String,
+    /// Entries in it.
+    pub length: u64,
+    /// Its first entry, if any.
+    pub first_id: Option<String>,
+    /// Its last entry, if any.
+    pub last_id: Option<String>,
+    /// Its consumer groups.
+    pub groups: Vec<GroupView>,
+}
+
+/// A page of the audit log, newest first.
+#[derive(Debug, Clone, Serialize, PartialEq, ToSchema)]
+pub struct AuditPage {
+    /// The entries.
+    pub items: Vec<AuditView>,
+    /// Pass as `cursor` for the next page; `null` on the last.
+    pub next_cursor: Option<String>,
 }

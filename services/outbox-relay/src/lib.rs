@@ -90,6 +90,8 @@ impl Application {
     /// Bad settings, a schema behind this build, a busy port.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let (pg, pool) = connect_postgres(&settings.postgres, "outbox-relay").await?;
+        service_kit::telemetry::metrics_handle();
+        crate::metrics::register(settings.streams.stream_partitions);
         let redis = RedisPools::connect(&settings.redis.redis_settings())?;
         let relay = Relay::new(
             pool.clone(),

@@ -89,6 +89,8 @@ impl Application {
     /// Bad settings, a schema behind this build, a busy port.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let (pg, pool) = connect_postgres(&settings.postgres, "projector-worker").await?;
+        service_kit::telemetry::metrics_handle();
+        projection::metrics::describe();
         let names: Vec<&str> = modules::specs().map(|s| s.projection).collect();
         ControlStore::new(pool.clone())
             .register(&names)

@@ -65,3 +65,45 @@ async fn five_hundred_random_commands_leave_every_view_list_and_stat_equal_to_po
     );
     p.stop_all().await;
 }
+
+/// Commands commit without notifying inside their transaction (that serialises commits);
+/// command-api wakes the relay right after. With the relay's poll a minute away, only those
+/// wake-ups can make each command visible within seconds.
+#[tokio::test]
+async fn each_command_wakes_the_relay_after_its_commit() {
+    let user = Uuid::now_v7();
+    let mut p = Pipeline::start(
+        &[user],
+        Options {
+            extra_env: vec![("RELAY_POLL_INTERVAL_MS".into(), "60000".into())],
+            ..Options::default()
+        },
+    )
+    .await;
+    for i in 0..5 {
+        let (status, body) = p
+            .command(
+                user,
+                reqwest::Method::POST,
+                "/v1/tasks",
+                Some(json!({"title": format!("woken {i}"), "type": "learning", "estimated_minutes": 5})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED);
+        let path = format!("/v1/tasks/{}", body["id"].as_str().expect("id"));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let (status, _, view) = p.query(user, &path, None).await;
+            if status == StatusCode::OK {
+                assert_eq!(view["title"], format!("woken {i}"));
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "command {i} not visible within 5 s: was its wake-up sent? ({status})"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    p.stop_all().await;
+}

@@ -137,7 +137,12 @@ impl Projector {
         settings: ProjectorSettings,
     ) -> Self {
         let module = projection.module();
+        crate::metrics::register(module);
         let routing = redis.keys.routing(settings.partitions);
+        for stream in routing.streams(module.name) {
+            metrics::gauge!(crate::metrics::CONSUMER_LAG_MESSAGES, "projection" => module.projection, "stream" => stream)
+                .set(0.0);
+        }
         // Without a database (tests of the stream side) there is no rebuild: the initial
         // generation is the active one until a pointer says otherwise.
         let initial = if pg.is_none() {

@@ -210,6 +210,19 @@ impl Routes {
         self
     }
 
+    /// Registers the latency histogram of every documented route (as the request middleware
+    /// labels it: method and path pattern), so `/metrics` shows them before the first request
+    /// and latency percentiles have a series from the first scrape.
+    pub(crate) fn register_metrics(&self) {
+        for (path, method, _) in &self.operations {
+            let _ = metrics::histogram!(
+                super::middleware::HTTP_REQUEST_DURATION_SECONDS,
+                "method" => actix_method(method).to_string(),
+                "route" => path.clone()
+            );
+        }
+    }
+
     /// A group of registrations whose paths' resources carry `data` (e.g. a
     /// `web::Data<ReadSide>`, or a `web::QueryConfig`). Data belongs to a path's resource, so
     /// every method of that path sees it.

@@ -69,6 +69,8 @@ pub fn start_api(
     mut routes: Routes,
 ) -> anyhow::Result<Server> {
     health::routes(&mut routes);
+    let _ = crate::telemetry::metrics_handle();
+    routes.register_metrics();
     let (configure, _) = routes.into_api(info)?;
     serve(listener, options, health, configure)
 }

@@ -6,5 +6,6 @@ mod helpers;
 mod idempotency;
 mod openapi;
 mod operations;
+mod posts;
 mod process;
 mod validation;

@@ -23,6 +23,9 @@ async fn the_document_lists_every_route_and_the_routing_agrees_with_it() {
         ("/v1/tasks/{id}/start", &["POST"]),
         ("/v1/tasks/{id}/complete", &["POST"]),
         ("/v1/tasks/{id}/abandon", &["POST"]),
+        ("/v1/posts", &["POST"]),
+        ("/v1/posts/{id}", &["PATCH", "DELETE"]),
+        ("/v1/posts/{id}/like", &["PUT", "DELETE"]),
         ("/v1/galaxy/nodes", &["POST"]),
         ("/v1/galaxy/relations", &["POST"]),
         ("/v1/galaxy/nodes/{id}/unlock", &["POST"]),
@@ -47,6 +50,8 @@ async fn the_document_lists_every_route_and_the_routing_agrees_with_it() {
         "CommandAccepted",
         "CreateTaskBody",
         "UpdateTaskBody",
+        "CreatePostBody",
+        "UpdatePostBody",
         "CreateNodeBody",
         "CreateRelationBody",
         "StudyBody",
@@ -61,16 +66,24 @@ async fn the_document_lists_every_route_and_the_routing_agrees_with_it() {
     assert_eq!(create["title"]["maxLength"], 255);
     assert_eq!(create["estimated_minutes"]["maximum"], 1440);
 
-    // A path with an id gets a task (or a node) of its own for each call: a call may delete it.
+    // A path with an id gets a task, post or node of its own for each call: a call may delete
+    // it.
     let bearer = format!("Bearer {}", app.token(user));
     assert_routing_agrees(&app.http, &app.base, &doc, &bearer, async |path: &str| {
-        if path.starts_with("/v1/galaxy/nodes/{id}") {
+        let owner = if path.starts_with("/v1/posts/{id}") {
+            Some(("/v1/posts", serde_json::json!({"content": "hello"})))
+        } else if path.starts_with("/v1/galaxy/nodes/{id}") {
+            Some(("/v1/galaxy/nodes", serde_json::json!({"name": "n"})))
+        } else {
+            None
+        };
+        if let Some((collection, body)) = owner {
             let created = app
                 .send(
                     reqwest::Method::POST,
-                    "/v1/galaxy/nodes",
+                    collection,
                     Some(user),
-                    Some(serde_json::json!({"name": "n"})),
+                    Some(body),
                     &[],
                 )
                 .await;

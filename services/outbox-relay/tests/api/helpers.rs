@@ -103,7 +103,22 @@ impl Fixture {
         spawn_app(settings).await
     }
 
+    /// Commits events `versions` of `aggregate`, then wakes the relay as command-api does.
     pub async fn write(
+        &self,
+        aggregate: Uuid,
+        versions: std::ops::RangeInclusive<i64>,
+    ) -> Vec<EventEnvelope> {
+        let events = self.write_quietly(aggregate, versions).await;
+        let c = self.db.pool.get().await.expect("client");
+        outbox::wake::notify(&**c, &outbox::wake::partitions_of(&events, self.partitions))
+            .await
+            .expect("wake");
+        events
+    }
+
+    /// Commits events `versions` of `aggregate` and wakes nobody: a wake-up lost.
+    pub async fn write_quietly(
         &self,
         aggregate: Uuid,
         versions: std::ops::RangeInclusive<i64>,

@@ -70,6 +70,31 @@ async fn a_commit_wakes_the_relay_long_before_the_poll_interval() {
     shutdown.cancel();
 }
 
+/// Commits wake nobody inside their transaction (that would serialise every commit): a
+/// wake-up follows the commit, and may be lost. The poll still publishes the row.
+#[tokio::test]
+async fn an_event_whose_wake_up_was_lost_is_published_by_the_poll() {
+    let f = Fixture::new(1).await;
+    let Running {
+        shutdown,
+        mut progress,
+        ..
+    } = f
+        .start(f.settings(&test_kit::database_url(), &test_kit::redis_url(), 300))
+        .await;
+    progress
+        .wait_for(|p| p.listening && p.drains > 0)
+        .await
+        .expect("relay running");
+    let id = Uuid::now_v7();
+    f.write_quietly(id, 1..=2).await;
+    eventually(Duration::from_secs(5), "published by the poll", || async {
+        (f.published().await == vec![(id, 1), (id, 2)]).then_some(())
+    })
+    .await;
+    shutdown.cancel();
+}
+
 #[tokio::test]
 async fn a_redis_outage_keeps_rows_and_publishing_resumes_with_nothing_lost() {
     let f = Fixture::new(2).await;

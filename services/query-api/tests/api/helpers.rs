@@ -46,11 +46,17 @@ impl Drop for TestApp {
 }
 
 pub async fn spawn_app() -> TestApp {
+    spawn_app_on(&test_kit::redis_url()).await
+}
+
+/// An app reaching Redis at `redis_url` (e.g. through a [`test_kit::proxy::TcpProxy`]); the
+/// tests' own writes go to the shared server directly.
+pub async fn spawn_app_on(redis_url: &str) -> TestApp {
     let db = TestDb::new().await;
     let redis = TestRedis::new().await;
     let settings = Settings {
         postgres: PostgresArgs::new(&test_kit::database_url(), &db.schema),
-        redis: RedisArgs::new(&test_kit::redis_url(), &redis.prefix),
+        redis: RedisArgs::new(redis_url, &redis.prefix),
         jwt: JwtArgs {
             jwt_secret: Secret::new(SECRET),
         },
@@ -79,13 +85,13 @@ pub async fn spawn_app() -> TestApp {
     );
     galaxy.ensure_groups().await.expect("groups");
     galaxy.tick_leases().await.expect("leases");
-    // The projectors have no database, so they build nothing: generation 1 is served from the
-    // start, as a built read model would be.
-    for (module, projection) in [("task", "task_projection"), ("galaxy", "galaxy_projection")] {
+    // The projectors have no database, so they build nothing: generation 1 of every module is
+    // served from the start, as a built read model would be.
+    for spec in modules::specs() {
         let generations = Generations::new(
             &redis.pools.keys,
-            module,
-            projection,
+            spec.name,
+            spec.projection,
             GenerationState::default(),
         );
         let mut conn = redis.pools.commands.get().await.expect("redis");

@@ -5,4 +5,5 @@ mod galaxy;
 mod generations;
 mod helpers;
 mod openapi;
+mod posts;
 mod reads;

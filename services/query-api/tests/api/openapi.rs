@@ -9,6 +9,7 @@ use test_kit::openapi::{assert_routing_agrees, fetch_document, fuzz, operations}
 use uuid::Uuid;
 
 use crate::helpers::*;
+use crate::posts::Community;
 
 #[tokio::test]
 async fn the_document_lists_every_route_and_the_routing_agrees_with_it() {
@@ -17,6 +18,10 @@ async fn the_document_lists_every_route_and_the_routing_agrees_with_it() {
     let (task, created) = app.create_event(user, "Read");
     app.publish(&[created]).await;
     app.project().await;
+    let mut community = Community::new(&app).await;
+    let post = community
+        .create(&mut app, user, community::Visibility::Public)
+        .await;
 
     let doc = fetch_document(&app.http, &app.base).await;
     assert_eq!(doc["info"]["title"], "query-api");
@@ -26,6 +31,9 @@ async fn the_document_lists_every_route_and_the_routing_agrees_with_it() {
         "/v1/tasks/{id}",
         "/v1/me/tasks",
         "/v1/me/task-stats",
+        "/v1/posts/{id}",
+        "/v1/feed",
+        "/v1/users/{user_id}/posts",
         "/v1/galaxy/nodes/{id}",
         "/v1/galaxy/nodes/{id}/relations",
         "/v1/me/galaxy",
@@ -49,6 +57,8 @@ async fn the_document_lists_every_route_and_the_routing_agrees_with_it() {
         "TaskView",
         "TaskStats",
         "TaskStatus",
+        "PostView",
+        "Visibility",
         "NodeView",
         "RelationsView",
         "UserNodeView",
@@ -88,10 +98,13 @@ async fn the_document_lists_every_route_and_the_routing_agrees_with_it() {
     app.project().await;
     let node = node.id.to_string();
     assert_routing_agrees(&app.http, &app.base, &doc, &bearer, async |path: &str| {
-        if path.starts_with("/v1/galaxy/") {
+        if path.starts_with("/v1/posts/") {
+            path.replace("{id}", &post.to_string())
+        } else if path.starts_with("/v1/galaxy/") {
             path.replace("{id}", &node)
         } else {
             path.replace("{id}", &id)
+                .replace("{user_id}", &user.to_string())
         }
     })
     .await;
@@ -135,6 +148,16 @@ async fn schemathesis_finds_no_answer_outside_the_document() {
     galaxy.insert(0, created);
     app.publish_to("galaxy", &galaxy).await;
     app.project().await;
+    let mut community = Community::new(&app).await;
+    for visibility in [
+        community::Visibility::Public,
+        community::Visibility::Private,
+    ] {
+        let post = community.create(&mut app, user, visibility).await;
+        community
+            .command(&mut app, user, post, community::domain::PostCommand::Like)
+            .await;
+    }
     let (status, _, body) = app.get(user, "/v1/me/task-stats", &[]).await;
     assert_eq!(
         (status, body["in_progress_tasks"].as_i64()),

@@ -139,3 +139,46 @@ async fn stats_sum_the_users_live_tasks() {
             "abandoned_tasks": 0, "total_estimated_minutes": 30, "completed_minutes": 25})
     );
 }
+
+/// Reads share a multiplexed connection per thread (no pool checkout): when Redis goes away
+/// they answer 503 at once, and once it is back the connection is opened again.
+#[tokio::test]
+async fn a_redis_outage_answers_503_and_reads_come_back_with_redis() {
+    let proxy = test_kit::proxy::TcpProxy::redis().await;
+    let mut app = spawn_app_on(&proxy.redis_url()).await;
+    let owner = Uuid::now_v7();
+    let (task, env) = app.create_event(owner, "Through the proxy");
+    app.publish(&[env]).await;
+    app.project().await;
+    let path = format!("/v1/tasks/{}", task.id);
+    let (status, _, body) = app.get(owner, &path, &[]).await;
+    assert_eq!(
+        (status, body["title"].as_str()),
+        (StatusCode::OK, Some("Through the proxy"))
+    );
+
+    proxy.down();
+    for _ in 0..3 {
+        let (status, _, body) = app.get(owner, &path, &[]).await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (StatusCode::SERVICE_UNAVAILABLE, Some("unavailable")),
+            "{body}"
+        );
+    }
+
+    proxy.up();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, _, body) = app.get(owner, &path, &[]).await;
+        if status == StatusCode::OK {
+            assert_eq!(body["title"], "Through the proxy");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "reads did not come back within 10 s of Redis: {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
