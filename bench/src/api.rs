@@ -1,0 +1,431 @@
+//! `api-bench`: the command and query paths at saturation, each next to the limit of what it
+//! stands on, measured in the same run (issue 14).
+//!
+//! - **commands**: `POST /v1/tasks` through the release command-api, with outbox-relay and
+//!   projector-worker running, by 16 and 64 clients in a closed loop; next to pgbench running
+//!   the same transaction (the task row, `event_store`, `outbox`) with the same clients, with and
+//!   without a `pg_notify` in it (what the commit path cost before the relay was woken after
+//!   commit). CPU per create: command-api + outbox-relay + PostgreSQL (+ projector-worker and
+//!   Redis, shown apart), from `/proc`.
+//! - **reads**: `GET /v1/tasks/{id}` and `GET /v1/me/task-stats` through the release query-api
+//!   by 16 and 64 clients; next to `redis-benchmark GET` with as many clients.
+//!
+//! The load generator runs in this process, on the same two cores: the ratios are what this
+//! host gives, generator included (as the limits' own generators, pgbench and
+//! redis-benchmark, share the cores too).
+//!
+//! Settings: `BENCH_API_SECONDS` (per round, default 10), `BENCH_API_CLIENTS` (default "16,64"),
+//! `DATABASE_URL`, `REDIS_URL`.
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, ensure};
+use bench::{env_or, ms, percentile, pg_url, publish_report, redis_url};
+use outbox::PgSettings;
+use test_kit::process::{Process, cpu_by_command, find_binary, free_port, wait_ready};
+use uuid::Uuid;
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const SECRET: &str = "api-bench-secret-0123456789";
+
+/// What a round measured.
+struct Round {
+    ok: u64,
+    failed: u64,
+    elapsed: Duration,
+    latencies: Vec<Duration>,
+    cpu: BTreeMap<String, Duration>,
+}
+
+impl Round {
+    fn rate(&self) -> f64 {
+        self.ok as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// CPU per successful operation of the processes whose command name starts with any of
+    /// `names`, in µs.
+    fn cpu_per_op(&self, names: &[&str]) -> f64 {
+        let total: Duration = self
+            .cpu
+            .iter()
+            .filter(|(k, _)| names.iter().any(|n| k.starts_with(n)))
+            .map(|(_, v)| *v)
+            .sum();
+        total.as_secs_f64() * 1e6 / self.ok.max(1) as f64
+    }
+}
+
+/// CPU used by each command name between two readings.
+fn cpu_delta(
+    before: &BTreeMap<String, Duration>,
+    after: &BTreeMap<String, Duration>,
+) -> BTreeMap<String, Duration> {
+    after
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                v.saturating_sub(before.get(k).copied().unwrap_or_default()),
+            )
+        })
+        .collect()
+}
+
+/// `clients` loops calling `call(client index)` for `seconds`; each call answers whether it
+/// succeeded.
+async fn closed_loop<F, Fut>(clients: usize, seconds: u64, call: F) -> Round
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let call = Arc::new(call);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    // One second not measured: connections open, statements get prepared.
+    let warm = Arc::new(AtomicBool::new(true));
+    let mut tasks = tokio::task::JoinSet::new();
+    for c in 0..clients {
+        let (call, stop, ok, failed, warm) = (
+            call.clone(),
+            stop.clone(),
+            ok.clone(),
+            failed.clone(),
+            warm.clone(),
+        );
+        tasks.spawn(async move {
+            let mut latencies = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let t0 = Instant::now();
+                let good = call(c).await;
+                if warm.load(Ordering::Relaxed) {
+                    continue;
+                }
+                latencies.push(t0.elapsed());
+                if good {
+                    ok.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            latencies
+        });
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let cpu_before = cpu_by_command();
+    warm.store(false, Ordering::Relaxed);
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    let elapsed = started.elapsed();
+    let cpu = cpu_delta(&cpu_before, &cpu_by_command());
+    let mut latencies = Vec::new();
+    while let Some(l) = tasks.join_next().await {
+        latencies.extend(l.unwrap_or_default());
+    }
+    latencies.sort();
+    Round {
+        ok: ok.load(Ordering::Relaxed),
+        failed: failed.load(Ordering::Relaxed),
+        elapsed,
+        latencies,
+        cpu,
+    }
+}
+
+/// pgbench running a task creation's transaction with `clients` clients for `seconds`, in
+/// `schema`; with `notify`, a `pg_notify` inside it as the command path had. Transactions/s.
+fn pgbench(schema: &str, clients: usize, seconds: u64, notify: bool) -> anyhow::Result<f64> {
+    let notify_sql = if notify {
+        "SELECT pg_notify('bench_api_' || current_schema(), '0');\n"
+    } else {
+        ""
+    };
+    let script = format!(
+        "\\set n random(1, 1000000000)\n\
+         BEGIN;\n\
+         INSERT INTO tasks (id, user_id, title, type, tags, estimated_minutes, priority, difficulty, \
+         status, due_date, created_at, updated_at, version) VALUES (gen_random_uuid(), \
+         gen_random_uuid(), 'Read chapter 3', 'learning', '{{}}', 30, 3, 1, 'pending', NULL, now(), \
+         now(), 1);\n\
+         WITH e AS (SELECT gen_random_uuid() AS id, gen_random_uuid() AS agg), stored AS ( \
+         INSERT INTO event_store (event_id, event_type, schema_version, aggregate_type, aggregate_id, \
+         aggregate_version, occurred_at, payload, metadata) SELECT id, 'task.created', 1, 'Task', agg, \
+         1, now(), '{{\"title\": \"Read chapter 3\", \"type\": \"learning\", \"estimated_minutes\": 30, \
+         \"priority\": 3, \"difficulty\": 1, \"tags\": []}}'::jsonb, '{{\"source\": \"bench\"}}'::jsonb \
+         FROM e RETURNING 1), queued AS (INSERT INTO outbox (event_id, event_type, module, partition, \
+         envelope) SELECT id, 'task.created', 'task', :n % 4, \
+         json_build_object('event_id', id, 'aggregate_id', agg) FROM e RETURNING 1) SELECT 1;\n\
+         {notify_sql}COMMIT;\n"
+    );
+    let path = std::env::temp_dir().join(format!("api-bench-{schema}-{notify}.sql"));
+    std::fs::write(&path, script)?;
+    let url = pg_url();
+    let out = Command::new("pgbench")
+        .args([
+            "-n",
+            "-c",
+            &clients.to_string(),
+            "-j",
+            "2",
+            "-T",
+            &seconds.to_string(),
+            "-f",
+        ])
+        .arg(&path)
+        .arg(&url)
+        .env("PGOPTIONS", format!("-csearch_path={schema}"))
+        .output()
+        .context("running pgbench (apt-get install postgresql-client)")?;
+    let _ = std::fs::remove_file(&path);
+    let text = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out.status.success(),
+        "pgbench failed: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix("tps = ")
+                .and_then(|r| r.split_whitespace().next())
+                .and_then(|v| v.parse::<f64>().ok())
+        })
+        .with_context(|| format!("no tps in pgbench's output: {text}"))
+}
+
+/// `redis-benchmark GET` with `clients` clients: requests/s.
+fn redis_get_limit(clients: usize) -> anyhow::Result<f64> {
+    let url = redis_url();
+    let hostport = url
+        .trim_start_matches("redis://")
+        .split('/')
+        .next()
+        .unwrap_or("127.0.0.1:6379")
+        .to_owned();
+    let (host, port) = hostport.split_once(':').unwrap_or((&hostport, "6379"));
+    let out = Command::new("redis-benchmark")
+        .args([
+            "-h",
+            host,
+            "-p",
+            port,
+            "-t",
+            "get",
+            "-c",
+            &clients.to_string(),
+            "-n",
+            "200000",
+            "--csv",
+        ])
+        .output()
+        .context("running redis-benchmark")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find(|l| l.starts_with("\"GET\""))
+        .and_then(|l| l.split(',').nth(1))
+        .and_then(|v| v.trim_matches('"').parse::<f64>().ok())
+        .with_context(|| format!("no GET rate in redis-benchmark's output: {text}"))
+}
+
+/// Migrates a fresh schema named `name`.
+async fn schema(name: &str) -> anyhow::Result<outbox::Pool> {
+    let pg = PgSettings {
+        max_connections: 4,
+        ..PgSettings::new(pg_url(), name)
+    };
+    let pool = outbox::connect(&pg)?;
+    outbox::migrate::migrate(&pool, name)
+        .await
+        .with_context(|| format!("migrating {name}"))?;
+    Ok(pool)
+}
+
+fn token(user: Uuid) -> anyhow::Result<String> {
+    let out = Command::new(find_binary("command-api").map_err(anyhow::Error::msg)?)
+        .args(["token", "--user", &user.to_string(), "--ttl", "2h"])
+        .env("JWT_SECRET", SECRET)
+        .output()
+        .context("minting a token")?;
+    ensure!(out.status.success(), "token: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let seconds: u64 = env_or("BENCH_API_SECONDS", 10);
+    let clients: Vec<usize> = env_or("BENCH_API_CLIENTS", "16,64".to_owned())
+        .split(',')
+        .map(|c| c.trim().parse::<usize>())
+        .collect::<Result<_, _>>()
+        .context("BENCH_API_CLIENTS: numbers separated by commas")?;
+    let stamp = time::OffsetDateTime::now_utc().unix_timestamp();
+    let live_schema = format!("bench_api_{stamp}");
+    let limit_schema = format!("bench_api_limit_{stamp}");
+    let prefix = format!("bench:api:{stamp}:");
+    let pool = schema(&live_schema).await?;
+    let limit_pool = schema(&limit_schema).await?;
+    let redis = streams::RedisPools::connect(&streams::RedisSettings::new(redis_url(), &prefix))?;
+    let result = run(&live_schema, &limit_schema, &prefix, seconds, &clients).await;
+    bench::clean_up(&pool, &live_schema, &redis, &prefix).await;
+    bench::clean_up(&limit_pool, &limit_schema, &redis, &prefix).await;
+    let report = result?;
+    publish_report("api", &report)
+}
+
+async fn run(
+    schema: &str,
+    limit_schema: &str,
+    prefix: &str,
+    seconds: u64,
+    clients: &[usize],
+) -> anyhow::Result<String> {
+    let env = |port: u16| -> Vec<(&str, String)> {
+        vec![
+            ("DATABASE_URL", pg_url()),
+            ("DATABASE_SCHEMA", schema.to_owned()),
+            ("REDIS_URL", redis_url()),
+            ("REDIS_KEY_PREFIX", prefix.to_owned()),
+            ("STREAM_PARTITIONS", "4".to_owned()),
+            ("JWT_SECRET", SECRET.to_owned()),
+            ("CONSUMER_NAME", "bench".to_owned()),
+            ("HTTP_ADDR", format!("127.0.0.1:{port}")),
+            ("ADMIN_TOKENS", "bench:api-bench-operator-token".to_owned()),
+            ("RUST_LOG", "warn".to_owned()),
+        ]
+    };
+    let mut procs = Vec::new();
+    let mut urls = BTreeMap::new();
+    for name in [
+        "command-api",
+        "query-api",
+        "outbox-relay",
+        "projector-worker",
+    ] {
+        let port = free_port();
+        procs.push(Process::spawn(name, &env(port))?);
+        let url = format!("http://127.0.0.1:{port}");
+        wait_ready(&url, Duration::from_secs(20))
+            .await
+            .map_err(anyhow::Error::msg)?;
+        urls.insert(name, url);
+    }
+    let max_clients = clients.iter().copied().max().unwrap_or(16);
+    let users: Vec<Uuid> = (0..max_clients).map(|_| Uuid::now_v7()).collect();
+    let tokens: Vec<String> = users.iter().map(|u| token(*u)).collect::<Result<_, _>>()?;
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(max_clients * 2)
+        .build()?;
+    let tokens = Arc::new(tokens);
+    let mut report = String::new();
+    report.push_str(&format!(
+        "## api-bench ({seconds} s per round, closed loop, load generator on the same host)\n\n"
+    ));
+
+    // Commands.
+    report.push_str(
+        "| clients | `POST /v1/tasks` | p50 | p99 | pgbench, same transaction | with `pg_notify` in it | × pgbench | CPU per create: command-api + relay + PostgreSQL | projector + Redis |\n|---|---|---|---|---|---|---|---|---|\n",
+    );
+    let mut task_ids: Vec<Option<String>> = vec![None; max_clients];
+    for &n in clients {
+        let (http2, base, tokens2) = (
+            http.clone(),
+            urls["command-api"].clone(),
+            tokens.clone(),
+        );
+        let round = closed_loop(n, seconds, move |c| {
+            let (http, base, token) = (http2.clone(), base.clone(), tokens2[c].clone());
+            async move {
+                http.post(format!("{base}/v1/tasks"))
+                    .bearer_auth(token)
+                    .json(&serde_json::json!({
+                        "title": "Read chapter 3", "type": "learning", "estimated_minutes": 30
+                    }))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status() == reqwest::StatusCode::CREATED)
+            }
+        })
+        .await;
+        let limit = pgbench(limit_schema, n, seconds, false)?;
+        let with_notify = pgbench(limit_schema, n, seconds, true)?;
+        report.push_str(&format!(
+            "| {n} | {:.0}/s ({} failed) | {:.2} ms | {:.2} ms | {limit:.0}/s | {with_notify:.0}/s | **{:.2}** | {:.0} µs | {:.0} µs |\n",
+            round.rate(),
+            round.failed,
+            ms(percentile(&round.latencies, 0.5)),
+            ms(percentile(&round.latencies, 0.99)),
+            round.rate() / limit,
+            round.cpu_per_op(&["command-api", "outbox-relay", "postgres"]),
+            round.cpu_per_op(&["projector-worke", "redis-server"]),
+        ));
+    }
+
+    // One task per user to read, once it is projected.
+    for (i, user) in users.iter().enumerate() {
+        let res = http
+            .post(format!("{}/v1/tasks", urls["command-api"]))
+            .bearer_auth(&tokens[i])
+            .json(&serde_json::json!({"title": "read me", "type": "learning", "estimated_minutes": 5}))
+            .send()
+            .await?;
+        let body: serde_json::Value = res.json().await?;
+        let id = body["id"].as_str().context("a task id")?.to_owned();
+        let consistency = body["consistency_token"].as_str().unwrap_or_default().to_owned();
+        let seen = http
+            .get(format!("{}/v1/tasks/{id}?wait_ms=5000", urls["query-api"]))
+            .bearer_auth(&tokens[i])
+            .header("x-consistency-token", consistency)
+            .send()
+            .await?;
+        ensure!(seen.status().is_success(), "task of {user} not served: {}", seen.status());
+        task_ids[i] = Some(id);
+    }
+    let task_ids: Arc<Vec<String>> = Arc::new(task_ids.into_iter().flatten().collect());
+
+    report.push_str(
+        "\n| clients | read | answered | p50 | p99 | `redis-benchmark GET` | × GET limit | CPU per read: query-api + Redis |\n|---|---|---|---|---|---|---|---|\n",
+    );
+    for &n in clients {
+        let get_limit = redis_get_limit(n)?;
+        for (what, stats) in [("`GET /v1/tasks/{id}`", false), ("`GET /v1/me/task-stats`", true)] {
+            let (http2, base, tokens2, ids) = (
+                http.clone(),
+                urls["query-api"].clone(),
+                tokens.clone(),
+                task_ids.clone(),
+            );
+            let round = closed_loop(n, seconds, move |c| {
+                let path = if stats {
+                    "/v1/me/task-stats".to_owned()
+                } else {
+                    format!("/v1/tasks/{}", ids[c])
+                };
+                let (http, url, token) = (http2.clone(), format!("{base}{path}"), tokens2[c].clone());
+                async move {
+                    http.get(url)
+                        .bearer_auth(token)
+                        .send()
+                        .await
+                        .is_ok_and(|r| r.status() == reqwest::StatusCode::OK)
+                }
+            })
+            .await;
+            report.push_str(&format!(
+                "| {n} | {what} | {:.0}/s ({} failed) | {:.2} ms | {:.2} ms | {get_limit:.0}/s | **{:.2}** | {:.0} µs |\n",
+                round.rate(),
+                round.failed,
+                ms(percentile(&round.latencies, 0.5)),
+                ms(percentile(&round.latencies, 0.99)),
+                round.rate() / get_limit,
+                round.cpu_per_op(&["query-api", "redis-server"]),
+            ));
+        }
+    }
+    drop(procs);
+    Ok(report)
+}
