@@ -251,7 +251,11 @@ fn token(user: Uuid) -> anyhow::Result<String> {
         .env("JWT_SECRET", SECRET)
         .output()
         .context("minting a token")?;
-    ensure!(out.status.success(), "token: {}", String::from_utf8_lossy(&out.stderr));
+    ensure!(
+        out.status.success(),
+        "token: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     Ok(String::from_utf8(out.stdout)?.trim().to_owned())
 }
 
@@ -332,11 +336,7 @@ async fn run(
     );
     let mut task_ids: Vec<Option<String>> = vec![None; max_clients];
     for &n in clients {
-        let (http2, base, tokens2) = (
-            http.clone(),
-            urls["command-api"].clone(),
-            tokens.clone(),
-        );
+        let (http2, base, tokens2) = (http.clone(), urls["command-api"].clone(), tokens.clone());
         let round = closed_loop(n, seconds, move |c| {
             let (http, base, token) = (http2.clone(), base.clone(), tokens2[c].clone());
             async move {
@@ -375,14 +375,21 @@ async fn run(
             .await?;
         let body: serde_json::Value = res.json().await?;
         let id = body["id"].as_str().context("a task id")?.to_owned();
-        let consistency = body["consistency_token"].as_str().unwrap_or_default().to_owned();
+        let consistency = body["consistency_token"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
         let seen = http
             .get(format!("{}/v1/tasks/{id}?wait_ms=5000", urls["query-api"]))
             .bearer_auth(&tokens[i])
             .header("x-consistency-token", consistency)
             .send()
             .await?;
-        ensure!(seen.status().is_success(), "task of {user} not served: {}", seen.status());
+        ensure!(
+            seen.status().is_success(),
+            "task of {user} not served: {}",
+            seen.status()
+        );
         task_ids[i] = Some(id);
     }
     let task_ids: Arc<Vec<String>> = Arc::new(task_ids.into_iter().flatten().collect());
@@ -392,7 +399,10 @@ async fn run(
     );
     for &n in clients {
         let get_limit = redis_get_limit(n)?;
-        for (what, stats) in [("`GET /v1/tasks/{id}`", false), ("`GET /v1/me/task-stats`", true)] {
+        for (what, stats) in [
+            ("`GET /v1/tasks/{id}`", false),
+            ("`GET /v1/me/task-stats`", true),
+        ] {
             let (http2, base, tokens2, ids) = (
                 http.clone(),
                 urls["query-api"].clone(),
@@ -405,7 +415,8 @@ async fn run(
                 } else {
                     format!("/v1/tasks/{}", ids[c])
                 };
-                let (http, url, token) = (http2.clone(), format!("{base}{path}"), tokens2[c].clone());
+                let (http, url, token) =
+                    (http2.clone(), format!("{base}{path}"), tokens2[c].clone());
                 async move {
                     http.get(url)
                         .bearer_auth(token)
