@@ -714,10 +714,13 @@ async fn dead_letters_are_listed_counted_retried_without_loss_and_discarded_with
             "task.updated",
             json!({"estimated_minutes": "lots"}),
         );
-        outbox::append_events(&tx, &[poison], 1)
+        // Routed and announced as command-api would: same partitions, woken after commit.
+        let woken = outbox::wake::partitions_of(std::slice::from_ref(&poison), p.partitions);
+        outbox::append_events(&tx, &[poison], p.partitions)
             .await
             .expect("append");
         tx.commit().await.expect("commit");
+        outbox::wake::notify(&**c, &woken).await.expect("wake");
     }
     let (s, _) = p
         .command(

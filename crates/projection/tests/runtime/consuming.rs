@@ -586,9 +586,18 @@ async fn an_event_whose_dead_letter_cannot_be_written_stays_pending() {
         .query_async(&mut *c)
         .await
         .expect("repair");
-    f.projector.tick_leases().await.expect("renew");
-    f.settle(Duration::from_millis(300)).await;
-    let letters = f.dead_letters().list(None, 10).await.expect("list");
+    // The retry is due after a backoff that grew with the failures: wait for the move itself,
+    // not for a fixed time (a loaded runner takes longer).
+    let until = Instant::now() + Duration::from_secs(10);
+    let letters = loop {
+        f.projector.tick_leases().await.expect("renew");
+        let _ = f.projector.retry_due().await;
+        let letters = f.dead_letters().list(None, 10).await.expect("list");
+        if !letters.is_empty() || Instant::now() > until {
+            break letters;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert_eq!(letters.len(), 1);
     assert_eq!(f.projector.observe_lag().await.expect("lag"), (0, 0));
 }
