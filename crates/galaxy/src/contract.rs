@@ -142,8 +142,15 @@ pub fn sample_history(n: usize) -> Vec<EventEnvelope> {
         });
         out.push(ctx(users[0]).envelope_of(NODE_AGGREGATE, *id, 1, &created));
     }
+    // Each (user, node) once: a pair is one aggregate, and a second lifecycle of it would
+    // repeat its versions. Unique while i < users × nodes, which 25 n always exceeds.
     let pairs: Vec<(Uuid, Uuid)> = (0..progress_count)
-        .map(|i| (users[i % users.len()], nodes[(i * 7) % node_count]))
+        .map(|i| {
+            (
+                users[i % users.len()],
+                nodes[(i / users.len()) % node_count],
+            )
+        })
         .collect();
     let mut mastery = vec![0.0; progress_count];
     for version in 1..=USER_NODE_LIFECYCLE as i64 {

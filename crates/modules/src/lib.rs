@@ -29,6 +29,31 @@ pub fn by_name(name: &str) -> Option<&'static Module> {
 mod tests {
     use super::*;
 
+    /// The benchmarks apply each module's sample history as a stream: an aggregate's versions
+    /// must each appear once, or the apply planning sees duplicates.
+    #[test]
+    fn every_sample_history_holds_each_version_of_each_aggregate_once() {
+        for m in ALL {
+            let history = (m.sample_history)(50_000);
+            let mut seen = std::collections::HashSet::new();
+            for e in &history {
+                assert!(
+                    seen.insert((e.aggregate_id, e.aggregate_version)),
+                    "{}: {} version {} twice",
+                    m.spec.name,
+                    e.aggregate_id,
+                    e.aggregate_version
+                );
+            }
+            assert!(
+                history.len() >= 40_000,
+                "{}: {} events",
+                m.spec.name,
+                history.len()
+            );
+        }
+    }
+
     #[test]
     fn every_module_follows_the_conventions_and_owns_its_names_alone() {
         let mut names = Vec::new();
