@@ -7,7 +7,7 @@ help:
 	@echo "make migrate  apply migrations to DATABASE_URL / DATABASE_SCHEMA"
 	@echo "make fmt      format the code"
 	@echo "make lint     rustfmt check + clippy with warnings as errors"
-	@echo "make bench    relay, projector and self-repair throughput and latency next to this machine's limits (release)"
+	@echo "make bench    relay, projector, self-repair, snapshot and API throughput and latency next to this machine's limits (release)"
 	@echo "make soak     10 minutes of steady load: storage and memory must stay flat"
 	@echo "make chaos    the long chaos and self-repair profiles (relays and projectors killed, Redis wiped or failed over)"
 	@echo "make observe  Prometheus (and Grafana if installed) with the shipped rules and dashboard, scraping make run's services"
@@ -49,6 +49,7 @@ bench:
 	target/release/projector-bench
 	target/release/repair-bench
 	target/release/snapshot-bench
+	target/release/api-bench
 
 # The chaos tests at full size (CI runs a short profile of the same tests).
 chaos:
