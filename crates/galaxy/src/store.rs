@@ -140,7 +140,10 @@ pub async fn create_node(
 }
 
 /// Relates two nodes: an event of the source node, whose row is locked so that two requests
-/// for the same relation cannot both pass the duplicate check. `expected_version` (`If-Match`)
+/// for the same relation cannot both pass the duplicate check. The lock is `FOR NO KEY
+/// UPDATE`: the relation row's foreign keys take a key-share lock on both nodes, and a
+/// `FOR UPDATE` on the source would conflict with it, so that A→B and B→A written at once
+/// deadlocked. `expected_version` (`If-Match`)
 /// is the source node's.
 ///
 /// # Errors
@@ -156,7 +159,7 @@ pub async fn create_relation(
     let row = tx
         .query_opt(
             &tx.prepare_cached(&format!(
-                "SELECT {NODE_COLUMNS} FROM knowledge_nodes WHERE id = $1 FOR UPDATE"
+                "SELECT {NODE_COLUMNS} FROM knowledge_nodes WHERE id = $1 FOR NO KEY UPDATE"
             ))
             .await?,
             &[&cmd.source_node_id],
@@ -236,7 +239,7 @@ async fn lock_user_node(tx: &Transaction<'_>, id: Uuid) -> Result<Option<UserNod
     let row = tx
         .query_opt(
             &tx.prepare_cached(&format!(
-                "SELECT {USER_NODE_COLUMNS} FROM user_nodes WHERE id = $1 FOR UPDATE"
+                "SELECT {USER_NODE_COLUMNS} FROM user_nodes WHERE id = $1 FOR NO KEY UPDATE"
             ))
             .await?,
             &[&id],

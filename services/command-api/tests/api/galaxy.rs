@@ -452,3 +452,36 @@ async fn every_bad_galaxy_input_is_rejected_with_its_code_and_writes_nothing() {
         "only the one unlock and its event"
     );
 }
+
+/// Relations written both ways at once between the same nodes: each locks its source row,
+/// and the relation row's foreign key share-locks the target. With `FOR UPDATE` on the source
+/// the two orders deadlocked (500); `FOR NO KEY UPDATE` does not conflict with the key-share.
+#[tokio::test]
+async fn relations_written_both_ways_at_once_all_succeed() {
+    let app = spawn_app().await;
+    let user = Uuid::now_v7();
+    let mut ids = vec![];
+    for i in 0..4 {
+        let created = node(&app, user, json!({"name": format!("n{i}")})).await;
+        assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+        ids.push(created.body["id"].as_str().expect("id").to_owned());
+    }
+    let mut calls = vec![];
+    for (i, a) in ids.iter().enumerate() {
+        for b in ids.iter().skip(i + 1) {
+            for kind in ["prerequisite", "related", "extends"] {
+                for (s, t) in [(a, b), (b, a)] {
+                    let body =
+                        json!({"source_node_id": s, "target_node_id": t, "relation_type": kind});
+                    calls.push(post(&app, user, "/v1/galaxy/relations", Some(body)));
+                }
+            }
+        }
+    }
+    let answers = futures::future::join_all(calls).await;
+    for a in &answers {
+        assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+    }
+    let [_, relations, ..] = galaxy_counts(&app).await;
+    assert_eq!(relations, 36);
+}
