@@ -48,6 +48,10 @@ struct Config {
     redis_url: String,
     replay_events: usize,
     gap_aggregates: usize,
+    /// The modules to measure (`BENCH_MODULES`, names separated by commas; all by default).
+    modules: Option<Vec<String>>,
+    /// Only the replay and its limit (`BENCH_REPAIR_ONLY=replay`), to iterate on it.
+    replay_only: bool,
 }
 
 #[tokio::main]
@@ -57,10 +61,26 @@ async fn main() -> anyhow::Result<()> {
         redis_url: bench::redis_url(),
         replay_events: env_or("BENCH_REPLAY_EVENTS", 200_000),
         gap_aggregates: env_or("BENCH_GAP_AGGREGATES", 10_000),
+        modules: std::env::var("BENCH_MODULES")
+            .ok()
+            .filter(|s| !s.trim().is_empty())
+            .map(|s| s.split(',').map(|m| m.trim().to_owned()).collect()),
+        replay_only: match std::env::var("BENCH_REPAIR_ONLY").as_deref() {
+            Err(_) | Ok("") => false,
+            Ok("replay") => true,
+            Ok(other) => {
+                eprintln!("BENCH_REPAIR_ONLY={other:?}: expected \"replay\"");
+                std::process::exit(2)
+            }
+        },
     };
     let stamp = time::OffsetDateTime::now_utc().unix_timestamp();
     let mut report = String::new();
-    for module in modules::ALL {
+    for module in modules::ALL.iter().filter(|m| {
+        cfg.modules
+            .as_ref()
+            .is_none_or(|only| only.iter().any(|o| o == m.spec.name))
+    }) {
         let schema = format!("bench_repair_{}_{stamp}", module.spec.name);
         let prefix = format!("bench:repair:{stamp}:");
         let pool = outbox::connect(&PgSettings {
@@ -100,6 +120,13 @@ async fn run(
     let (took, events) = rebuild(cfg, module, pool, &replay_prefix).await?;
     let replay = events as f64 / took.as_secs_f64();
     eprintln!("{name}: {replay:.0} events/s");
+    if cfg.replay_only {
+        return Ok(format!(
+            "### Replay, {name} ({} events): limit {limit:.0} events/s, rebuild {replay:.0} events/s ({:.2} × limit)\n\n",
+            history.len(),
+            replay / limit
+        ));
+    }
 
     eprintln!("{name}: loss → converged…");
     let converged = loss_to_converged(cfg, module, schema, &replay_prefix, history.len()).await?;

@@ -41,6 +41,7 @@ pub(crate) mod fate;
 mod housekeeping;
 mod rebuild;
 mod repair;
+mod replay;
 pub mod report;
 mod retry;
 mod run;

@@ -32,9 +32,6 @@ use super::targets::Source;
 use super::{Projector, ReplayReport, rfc3339};
 use crate::metrics as m;
 
-/// Events read from `event_store` per page of a replay.
-pub(super) const REPLAY_PAGE: i64 = 1000;
-
 /// How often a rebuild records its progress and renews its lock.
 const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 
@@ -296,7 +293,7 @@ impl Projector {
         }
         // A rebuild from a snapshot loads it before `b` is written by anyone else, then
         // replays what follows its position.
-        let (mut position, mut applied) = if resume {
+        let (position, mut applied) = if resume {
             (op.position, op.events_applied)
         } else if let Some(snapshot) = op.snapshot_id {
             match self.load_snapshot(snapshot, &model).await {
@@ -339,46 +336,44 @@ impl Projector {
             let mut client = pool.get().await.map_err(outbox::OutboxError::from)?;
             let snapshot = history::snapshot(&mut client).await?;
             let total = applied + history::count_after(&snapshot, &types, position).await?;
-            let mut page = history::page(&snapshot, &types, position, REPLAY_PAGE).await?;
+            let resumed_at = applied;
             // Progress is recorded (and the lock renewed) a few times a second, not per page:
             // two round trips per page would cost the replay a fifth of its speed.
             let mut recorded = Instant::now();
-            let mut since = (0usize, Instant::now());
-            while let Some(last) = page.last().map(|(p, _)| *p) {
-                let n = page.len();
-                // The next page is read while this one is applied.
-                let (done, next) = tokio::join!(
-                    self.process_page(std::mem::take(&mut page), Source::Rebuild(b)),
-                    history::page(&snapshot, &types, last, REPLAY_PAGE)
-                );
-                if done?.not_ready > 0 {
-                    return Err(ReplayError::Interrupted(format!(
-                        "generation {b} is no longer the one being built"
-                    )));
-                }
-                page = next?;
-                position = last;
-                applied += i64::try_from(n).unwrap_or(i64::MAX);
-                since.0 += n;
-                if recorded.elapsed() >= PROGRESS_EVERY || page.is_empty() {
-                    let rate = since.0 as f64 / since.1.elapsed().as_secs_f64().max(1e-6);
-                    since = (0, Instant::now());
+            let mut since = (0u64, Instant::now());
+            let commands = self.redis.commands.clone();
+            let report = self
+                .replay_pages(&snapshot, position, Source::Rebuild(b), |r| {
+                    let done = resumed_at + i64::try_from(r.events).unwrap_or(i64::MAX);
+                    if recorded.elapsed() < PROGRESS_EVERY && done < total {
+                        return Box::pin(std::future::ready(Ok(())));
+                    }
+                    let fresh = r.events - since.0;
+                    let rate = fresh as f64 / since.1.elapsed().as_secs_f64().max(1e-6);
+                    since = (r.events, Instant::now());
                     recorded = Instant::now();
-                    store
-                        .progress(
-                            op.id,
-                            Progress {
-                                position,
-                                events_applied: applied,
-                                events_total: total.max(applied),
-                                rate,
-                            },
-                        )
-                        .await?;
-                    let mut conn = self.redis.commands.get().await.map_err(StreamError::from)?;
-                    lock.renew(&mut conn).await?;
-                }
+                    let progress = Progress {
+                        position: r.position,
+                        events_applied: done,
+                        events_total: total.max(done),
+                        rate,
+                    };
+                    let (store, lock, commands, id) =
+                        (store.clone(), lock.clone(), commands.clone(), op.id);
+                    Box::pin(async move {
+                        store.progress(id, progress).await?;
+                        let mut conn = commands.get().await.map_err(StreamError::from)?;
+                        lock.renew(&mut conn).await?;
+                        Ok(())
+                    })
+                })
+                .await?;
+            if report.batch.not_ready > 0 {
+                return Err(ReplayError::Interrupted(format!(
+                    "generation {b} is no longer the one being built"
+                )));
             }
+            applied = resumed_at + i64::try_from(report.events).unwrap_or(i64::MAX);
         }
         let info = serde_json::json!({"generation": b, "built_at": rfc3339(OffsetDateTime::now_utc()),
             "events": applied, "operation": op.id.to_string()});

@@ -5,13 +5,11 @@
 
 use std::collections::BTreeMap;
 
-use events::EventEnvelope;
 use outbox::history::{self, VersionRange};
 use streams::StreamError;
 use time::OffsetDateTime;
 
 use super::batch::{Decoded, Input};
-use super::rebuild::REPLAY_PAGE;
 use super::targets::{Missing, Source};
 use super::{BatchReport, Projector, ReplayError, ReplayReport};
 use crate::metrics as m;
@@ -109,29 +107,14 @@ impl Projector {
     ) -> Result<ReplayReport, ReplayError> {
         let pool = self.pg.as_ref().ok_or(ReplayError::NoDatabase)?;
         self.refresh_generations().await?;
-        let mut report = ReplayReport {
-            position: after,
-            ..ReplayReport::default()
-        };
-        let types = self.aggregate_types();
         // One snapshot for every page: see `outbox::history` for the gap it prevents.
         let mut client = pool.get().await.map_err(outbox::OutboxError::from)?;
         let snapshot = history::snapshot(&mut client).await?;
-        let mut page = history::page(&snapshot, &types, after, REPLAY_PAGE).await?;
-        while let Some(last) = page.last().map(|(p, _)| *p) {
-            report.events += page.len() as u64;
-            // The next page is read while this one is applied: PostgreSQL's reading and
-            // Redis's applying overlap instead of taking turns.
-            let (done, next) = tokio::join!(
-                self.process_page(std::mem::take(&mut page), source),
-                history::page(&snapshot, &types, last, REPLAY_PAGE)
-            );
-            report.batch.add(&done?);
-            report.position = last;
-            progress(&report);
-            page = next?;
-        }
-        Ok(report)
+        self.replay_pages(&snapshot, after, source, |r| {
+            progress(r);
+            Box::pin(std::future::ready(Ok(())))
+        })
+        .await
     }
 
     /// The aggregate types of this projection's events.
@@ -143,46 +126,4 @@ impl Projector {
             .map(|t| (*t).to_owned())
             .collect()
     }
-}
-
-/// Lanes a page of history is split into, by aggregate: each lane keeps its aggregates' order,
-/// and the lanes apply side by side over connections of their own, so Redis is kept busy
-/// instead of waiting on one round trip at a time.
-const LANES: u128 = 4;
-
-impl Projector {
-    /// Applies a page of history as `source`, in [`LANES`] lanes at once; returns what it did.
-    pub(super) async fn process_page(
-        &self,
-        page: Vec<(i64, EventEnvelope)>,
-        source: Source,
-    ) -> Result<super::BatchReport, StreamError> {
-        let mut lanes: Vec<Vec<(i64, EventEnvelope)>> = (0..LANES).map(|_| Vec::new()).collect();
-        for entry in page {
-            let lane = usize::try_from(entry.1.aggregate_id.as_u128() % LANES).unwrap_or(0);
-            lanes[lane].push(entry);
-        }
-        let done = futures::future::join_all(
-            lanes
-                .into_iter()
-                .filter(|l| !l.is_empty())
-                .map(|l| self.process_inputs(inputs(l), source)),
-        )
-        .await;
-        let mut report = super::BatchReport::default();
-        for d in done {
-            report.add(&d?);
-        }
-        Ok(report)
-    }
-}
-
-/// A page of history as a batch's inputs.
-pub(super) fn inputs(page: Vec<(i64, EventEnvelope)>) -> Vec<Input> {
-    page.into_iter()
-        .map(|(_, e)| Input {
-            delivery: None,
-            decoded: Decoded::Event(e),
-        })
-        .collect()
 }
