@@ -180,12 +180,15 @@ impl Projector {
                 .filter(|_| matches!(source, Source::Stream { .. } | Source::Repair));
             let all: Vec<&EventEnvelope> = events.iter().map(|(_, e)| *e).collect();
             let models: Vec<_> = targets.list.iter().map(|t| &t.keys).collect();
+            // A rebuild re-evaluates parked aggregates instead of setting them aside: it has
+            // no use for the parking.
+            let parked = (!matches!(source, Source::Rebuild(_))).then_some(self.dlq.parked.as_str());
             let Some(loaded) = load(
                 &self.redis,
                 self.projection.as_ref(),
                 &models,
                 &all,
-                Some(&self.dlq.parked),
+                parked,
                 require_marker,
             )
             .await?
