@@ -9,13 +9,21 @@
 //!   Redis, shown apart), from `/proc`.
 //! - **reads**: `GET /v1/tasks/{id}` and `GET /v1/me/task-stats` through the release query-api
 //!   by 16 and 64 clients; next to `redis-benchmark GET` with as many clients.
+//! - **the whole pipeline, sustained**: `POST /v1/tasks` in an open loop at rising rates
+//!   (`BENCH_SUSTAIN_RATES`, default 1000 to 5000 a second, `BENCH_SUSTAIN_SECONDS` each, default
+//!   60), all five steps running (command-api, outbox, relay, streams, projector); once a second
+//!   the backlog is read (outbox rows waiting + stream entries not yet applied by the group). A
+//!   rate is *sustained* when it was delivered and the backlog stayed bounded (its median over
+//!   the last ten seconds under half a second of commands). One command in fifty is followed by
+//!   a read with its consistency token: commit → visible as a reader sees it. CPU per command
+//!   of every process, from `/proc`. The rates stop at the first one not sustained.
 //!
 //! The load generator runs in this process, on the same two cores: the ratios are what this
 //! host gives, generator included (as the limits' own generators, pgbench and
 //! redis-benchmark, share the cores too).
 //!
 //! Settings: `BENCH_API_SECONDS` (per round, default 10), `BENCH_API_CLIENTS` (default "16,64"),
-//! `DATABASE_URL`, `REDIS_URL`.
+//! `BENCH_SUSTAIN_RATES`, `BENCH_SUSTAIN_SECONDS`, `DATABASE_URL`, `REDIS_URL`.
 
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -41,6 +49,9 @@ struct Round {
     elapsed: Duration,
     latencies: Vec<Duration>,
     cpu: BTreeMap<String, Duration>,
+    /// Context switches of command-api's threads during the round (voluntary: a thread went to
+    /// sleep waiting; each wake-up of another thread shows up here).
+    switches: u64,
 }
 
 impl Round {
@@ -59,6 +70,41 @@ impl Round {
             .sum();
         total.as_secs_f64() * 1e6 / self.ok.max(1) as f64
     }
+}
+
+/// Context switches so far, voluntary and not, of every thread of the processes named `name`:
+/// the scheduler's count of how often a request's work moved between threads.
+fn context_switches(name: &str) -> u64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    let mut total = 0;
+    for entry in dir.flatten() {
+        let pid = entry.file_name();
+        let Some(pid) = pid
+            .to_str()
+            .filter(|p| p.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        let named =
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == name);
+        if !named {
+            continue;
+        }
+        let Ok(threads) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        for t in threads.flatten() {
+            let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+            total += status
+                .lines()
+                .filter(|l| l.contains("ctxt_switches"))
+                .filter_map(|l| l.split_whitespace().last()?.parse::<u64>().ok())
+                .sum::<u64>();
+        }
+    }
+    total
 }
 
 /// CPU used by each command name between two readings.
@@ -118,12 +164,14 @@ where
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let cpu_before = cpu_by_command();
+    let switches_before = context_switches("command-api");
     warm.store(false, Ordering::Relaxed);
     let started = Instant::now();
     tokio::time::sleep(Duration::from_secs(seconds)).await;
     stop.store(true, Ordering::Relaxed);
     let elapsed = started.elapsed();
     let cpu = cpu_delta(&cpu_before, &cpu_by_command());
+    let switches = context_switches("command-api").saturating_sub(switches_before);
     let mut latencies = Vec::new();
     while let Some(l) = tasks.join_next().await {
         latencies.extend(l.unwrap_or_default());
@@ -135,6 +183,7 @@ where
         elapsed,
         latencies,
         cpu,
+        switches,
     }
 }
 
@@ -332,7 +381,7 @@ async fn run(
 
     // Commands.
     report.push_str(
-        "| clients | `POST /v1/tasks` | p50 | p99 | pgbench, same transaction | with `pg_notify` in it | × pgbench | CPU per create: command-api + relay + PostgreSQL | projector + Redis |\n|---|---|---|---|---|---|---|---|---|\n",
+        "| clients | `POST /v1/tasks` | p50 | p99 | pgbench, same transaction | with `pg_notify` in it | × pgbench | CPU per create: command-api + relay + PostgreSQL | projector + Redis | command-api alone | its context switches per create |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     let mut task_ids: Vec<Option<String>> = vec![None; max_clients];
     for &n in clients {
@@ -354,7 +403,7 @@ async fn run(
         let limit = pgbench(limit_schema, n, seconds, false)?;
         let with_notify = pgbench(limit_schema, n, seconds, true)?;
         report.push_str(&format!(
-            "| {n} | {:.0}/s ({} failed) | {:.2} ms | {:.2} ms | {limit:.0}/s | {with_notify:.0}/s | **{:.2}** | {:.0} µs | {:.0} µs |\n",
+            "| {n} | {:.0}/s ({} failed) | {:.2} ms | {:.2} ms | {limit:.0}/s | {with_notify:.0}/s | **{:.2}** | {:.0} µs | {:.0} µs | {:.0} µs | {:.1} |\n",
             round.rate(),
             round.failed,
             ms(percentile(&round.latencies, 0.5)),
@@ -362,6 +411,8 @@ async fn run(
             round.rate() / limit,
             round.cpu_per_op(&["command-api", "outbox-relay", "postgres"]),
             round.cpu_per_op(&["projector-worke", "redis-server"]),
+            round.cpu_per_op(&["command-api"]),
+            round.switches as f64 / round.ok.max(1) as f64,
         ));
     }
 
@@ -437,6 +488,244 @@ async fn run(
             ));
         }
     }
+    let rates: Vec<u64> = env_or("BENCH_SUSTAIN_RATES", "1000,2000,3000,4000,5000".to_owned())
+        .split(',')
+        .filter(|r| !r.trim().is_empty())
+        .map(|r| r.trim().parse::<u64>())
+        .collect::<Result<_, _>>()
+        .context("BENCH_SUSTAIN_RATES: numbers separated by commas")?;
+    let sustain_seconds: u64 = env_or("BENCH_SUSTAIN_SECONDS", 60);
+    if !rates.is_empty() {
+        let ctx = Pipeline {
+            http: http.clone(),
+            command: urls["command-api"].clone(),
+            query: urls["query-api"].clone(),
+            tokens: tokens.clone(),
+            outbox: outbox::relay::OutboxStore::new(schema_pool(schema)?),
+            redis: streams::RedisPools::connect(&streams::RedisSettings::new(redis_url(), prefix))?,
+        };
+        report.push_str(&format!(
+            "\n### The whole pipeline, sustained ({sustain_seconds} s per rate, open loop)\n\n\
+             | commands/s asked | delivered | sustained | backlog: max / median of the last 10 s | commit → visible p50 / p99 | CPU per command, µs: command-api / relay / PostgreSQL / projector / Redis / query-api |\n\
+             |---|---|---|---|---|---|\n"
+        ));
+        for rate in rates {
+            let run = sustain(&ctx, rate, sustain_seconds).await?;
+            let per = |names: &[&str]| run.cpu_per_command(names);
+            report.push_str(&format!(
+                "| {rate} | {:.0}/s ({} failed, {} not sent: {} in flight already) | {} | {} / {} | {:.2} / {:.2} ms | {:.0} / {:.0} / {:.0} / {:.0} / {:.0} / {:.0} |\n",
+                run.delivered(),
+                run.failed,
+                run.shed,
+                IN_FLIGHT,
+                if run.sustained(rate) { "**yes**" } else { "no" },
+                run.backlog.iter().copied().max().unwrap_or(0),
+                run.tail_backlog(),
+                ms(percentile(&run.visible, 0.5)),
+                ms(percentile(&run.visible, 0.99)),
+                per(&["command-api"]),
+                per(&["outbox-relay"]),
+                per(&["postgres"]),
+                per(&["projector-worke"]),
+                per(&["redis-server"]),
+                per(&["query-api"]),
+            ));
+            let sustained = run.sustained(rate);
+            drain(&ctx, Duration::from_secs(60)).await?;
+            if !sustained {
+                break;
+            }
+        }
+    }
     drop(procs);
     Ok(report)
+}
+
+/// Requests of a sustained run in flight at most: beyond it, the command path is not keeping
+/// up, and the commands due are counted as not sent instead of queueing without bound.
+const IN_FLIGHT: usize = 512;
+
+/// What a sustained run needs.
+struct Pipeline {
+    http: reqwest::Client,
+    command: String,
+    query: String,
+    tokens: Arc<Vec<String>>,
+    outbox: outbox::relay::OutboxStore,
+    redis: streams::RedisPools,
+}
+
+/// What one sustained rate measured.
+struct SustainedRun {
+    ok: u64,
+    failed: u64,
+    shed: u64,
+    elapsed: Duration,
+    /// Backlog once a second: outbox rows waiting + stream entries the group has not applied.
+    backlog: Vec<i64>,
+    visible: Vec<Duration>,
+    cpu: BTreeMap<String, Duration>,
+}
+
+impl SustainedRun {
+    fn delivered(&self) -> f64 {
+        self.ok as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn tail_backlog(&self) -> i64 {
+        let mut tail: Vec<i64> = self.backlog.iter().rev().take(10).copied().collect();
+        tail.sort_unstable();
+        tail.get(tail.len() / 2).copied().unwrap_or(0)
+    }
+
+    /// Delivered (97 % of the rate asked, none failed) with a backlog that stayed under half
+    /// a second of commands.
+    fn sustained(&self, rate: u64) -> bool {
+        self.failed == 0
+            && self.delivered() >= 0.97 * rate as f64
+            && self.tail_backlog() <= i64::try_from(rate / 2).unwrap_or(i64::MAX)
+    }
+
+    fn cpu_per_command(&self, names: &[&str]) -> f64 {
+        let total: Duration = self
+            .cpu
+            .iter()
+            .filter(|(k, _)| names.iter().any(|n| k.starts_with(n)))
+            .map(|(_, v)| *v)
+            .sum();
+        total.as_secs_f64() * 1e6 / self.ok.max(1) as f64
+    }
+}
+
+fn schema_pool(schema: &str) -> anyhow::Result<outbox::Pool> {
+    Ok(outbox::connect(&PgSettings {
+        max_connections: 2,
+        ..PgSettings::new(pg_url(), schema)
+    })?)
+}
+
+/// Outbox rows waiting plus stream entries of the task module not yet applied by its group.
+async fn backlog(ctx: &Pipeline) -> anyhow::Result<i64> {
+    let outbox = ctx.outbox.pending().await?.count;
+    let mut conn = ctx.redis.commands.get().await?;
+    let mut streams = 0i64;
+    for stream in ctx.redis.keys.routing(4).streams(task::SPEC.name) {
+        for g in streams::consumer::groups(&mut *conn, &stream).await? {
+            if g.name == task::SPEC.consumer_group {
+                streams += i64::try_from(g.pending + g.lag.unwrap_or(0)).unwrap_or(i64::MAX);
+            }
+        }
+    }
+    Ok(outbox + streams)
+}
+
+/// Waits until the backlog is empty (the next rate starts from rest).
+async fn drain(ctx: &Pipeline, within: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + within;
+    while backlog(ctx).await? > 0 {
+        ensure!(
+            Instant::now() < deadline,
+            "the pipeline did not drain in {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(())
+}
+
+/// `POST /v1/tasks` at `rate` a second for `seconds`, open loop.
+async fn sustain(ctx: &Pipeline, rate: u64, seconds: u64) -> anyhow::Result<SustainedRun> {
+    let permits = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let visible = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sample_every = (rate / 50).max(1);
+    let duration = Duration::from_secs(seconds);
+    let cpu_before = cpu_by_command();
+    let started = Instant::now();
+    let mut backlogs = Vec::new();
+    let mut next_sample = started;
+    let (mut sent, mut shed) = (0u64, 0u64);
+    let mut tick = tokio::time::interval(Duration::from_millis(2));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tick.tick().await;
+        let elapsed = started.elapsed();
+        if elapsed >= duration {
+            break;
+        }
+        if Instant::now() >= next_sample {
+            // Read beside the load, not in its way: a slow reading delays the next sample only.
+            backlogs.push(backlog(ctx).await?);
+            next_sample += Duration::from_secs(1);
+        }
+        let due = (elapsed.as_secs_f64() * rate as f64) as u64;
+        while sent < due {
+            sent += 1;
+            let Ok(permit) = permits.clone().try_acquire_owned() else {
+                shed += 1;
+                continue;
+            };
+            let token = ctx.tokens[(sent % ctx.tokens.len() as u64) as usize].clone();
+            let (http, command, query) = (ctx.http.clone(), ctx.command.clone(), ctx.query.clone());
+            let (ok, failed, visible) = (ok.clone(), failed.clone(), visible.clone());
+            let follow = sent % sample_every == 0;
+            tokio::spawn(async move {
+                let _permit = permit;
+                let created = http
+                    .post(format!("{command}/v1/tasks"))
+                    .bearer_auth(&token)
+                    .json(&serde_json::json!({
+                        "title": "Read chapter 3", "type": "learning", "estimated_minutes": 30
+                    }))
+                    .send()
+                    .await;
+                let body: Option<serde_json::Value> = match created {
+                    Ok(r) if r.status() == reqwest::StatusCode::CREATED => r.json().await.ok(),
+                    _ => None,
+                };
+                let Some(body) = body else {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                    return;
+                };
+                ok.fetch_add(1, Ordering::Relaxed);
+                if !follow {
+                    return;
+                }
+                // Committed when the answer came: from then until a reader sees it.
+                let committed = Instant::now();
+                let (Some(id), Some(consistency)) =
+                    (body["id"].as_str(), body["consistency_token"].as_str())
+                else {
+                    return;
+                };
+                let seen = http
+                    .get(format!("{query}/v1/tasks/{id}?wait_ms=5000"))
+                    .bearer_auth(&token)
+                    .header("x-consistency-token", consistency)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status() == reqwest::StatusCode::OK);
+                if seen && let Ok(mut v) = visible.lock() {
+                    v.push(committed.elapsed());
+                }
+            });
+        }
+    }
+    let elapsed = started.elapsed();
+    // What is in flight finishes (and is counted) before the books close.
+    let _all = permits
+        .acquire_many(u32::try_from(IN_FLIGHT).unwrap_or(u32::MAX))
+        .await?;
+    let cpu = cpu_delta(&cpu_before, &cpu_by_command());
+    let mut visible =
+        std::mem::take(&mut *visible.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
+    visible.sort();
+    Ok(SustainedRun {
+        ok: ok.load(Ordering::Relaxed),
+        failed: failed.load(Ordering::Relaxed),
+        shed,
+        elapsed,
+        backlog: backlogs,
+        visible,
+        cpu,
+    })
 }

@@ -88,6 +88,10 @@ async fn main() -> anyhow::Result<()> {
             ..PgSettings::new(cfg.pg_url.clone(), schema.clone())
         })?;
         outbox::migrate::migrate(&pool, &schema).await?;
+        // As every service hosting projections does at start (no migration seeds the rows).
+        outbox::control::ControlStore::new(pool.clone())
+            .register(&[module.spec.projection])
+            .await?;
         let redis =
             RedisPools::connect(&RedisSettings::new(cfg.redis_url.clone(), prefix.clone()))?;
         let result = run(&cfg, module, &pool, &schema, &prefix).await;
@@ -138,6 +142,9 @@ async fn run(
         ..PgSettings::new(cfg.pg_url.clone(), gap_schema.clone())
     })?;
     outbox::migrate::migrate(&gap_pool, &gap_schema).await?;
+    outbox::control::ControlStore::new(gap_pool.clone())
+        .register(&[module.spec.projection])
+        .await?;
     let gap_prefix = format!("{prefix}gap:");
     let gap = gap_repair(cfg, module, &gap_pool, &gap_schema, &gap_prefix).await;
     let gap_redis = RedisPools::connect(&RedisSettings::new(

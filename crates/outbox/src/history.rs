@@ -33,7 +33,8 @@ pub async fn snapshot(client: &mut Client) -> Result<Transaction<'_>, OutboxErro
     // history, and a replay turns quadratic (PostgreSQL picks it whenever its statistics
     // underestimate the rows, e.g. right after a bulk import: 70 µs of its CPU per event in
     // the repair benchmark, a full core). Pages need rows in index order.
-    tx.batch_execute("SET LOCAL enable_bitmapscan = off").await?;
+    tx.batch_execute("SET LOCAL enable_bitmapscan = off")
+        .await?;
     Ok(tx)
 }
 

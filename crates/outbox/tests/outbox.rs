@@ -369,7 +369,13 @@ async fn a_history_page_reads_about_its_own_size_and_interleaves_types() {
     let history: Vec<EventEnvelope> = (0..6000)
         .map(|i| {
             let kind = if i % 3 == 0 { "Node" } else { "Task" };
-            ctx.envelope(kind, Uuid::now_v7(), 1, "x.y", serde_json::json!({ "i": i }))
+            ctx.envelope(
+                kind,
+                Uuid::now_v7(),
+                1,
+                "x.y",
+                serde_json::json!({ "i": i }),
+            )
         })
         .collect();
     outbox::history::import(&**db.pool.get().await.expect("pg"), &history)
@@ -407,7 +413,11 @@ async fn a_history_page_reads_about_its_own_size_and_interleaves_types() {
         .chain(&second)
         .map(|(_, e)| i32::try_from(e.payload["i"].as_i64().expect("i")).expect("small"))
         .collect();
-    assert_eq!(got, (0..200).collect::<Vec<_>>(), "both types, in position order");
+    assert_eq!(
+        got,
+        (0..200).collect::<Vec<_>>(),
+        "both types, in position order"
+    );
 }
 
 /// Input that PostgreSQL's `text` refuses (a NUL) is still audited, with the NUL shown as

@@ -65,21 +65,42 @@ impl Application {
     /// # Errors
     /// Unreachable PostgreSQL, a schema behind this build, a busy port.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        let (_, pool) = connect_postgres(&settings.postgres, "command-api").await?;
-        let runner = web::Data::new(CommandRunner::new(
-            pool.clone(),
-            settings.streams.stream_partitions,
-            "command-api",
-        ));
+        let (pg, pool) = connect_postgres(&settings.postgres, "command-api").await?;
+        let workers = settings
+            .http_workers
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from))
+            .max(1);
+        // Each HTTP worker thread commits through a pool (and a relay waker) of its own, made
+        // on that thread: a connection's IO task then runs where its requests run. With one
+        // pool for all, a create woke another thread at every round trip (8 cross-thread
+        // wake-ups for 4 round trips, issue 14). The pool size is shared out between them;
+        // connections open on first use.
+        let per_worker = outbox::PgSettings {
+            max_connections: pg.max_connections.div_ceil(workers).max(1),
+            ..pg
+        };
+        let spare = (0..workers)
+            .map(|_| outbox::connect(&per_worker))
+            .collect::<Result<Vec<_>, _>>()?;
+        let spare = std::sync::Mutex::new(spare);
+        let (shared, partitions) = (pool.clone(), settings.streams.stream_partitions);
         let jwt = web::Data::new(JwtKeys::new(&settings.jwt.jwt_secret));
         let health = Health::new("command-api").with_postgres(pool.clone());
         let options = ServerOptions {
-            workers: settings.http_workers,
+            workers: Some(workers),
             grace: settings.shutdown.grace(),
         };
         let mut routes = Routes::new();
         routes
-            .app_data(runner)
+            .worker_data(move || {
+                // A worker restarted after a panic finds none spare and shares the main pool.
+                let pool = spare
+                    .lock()
+                    .ok()
+                    .and_then(|mut s| s.pop())
+                    .unwrap_or_else(|| shared.clone());
+                web::Data::new(CommandRunner::new(pool, partitions, "command-api"))
+            })
             .app_data(jwt)
             .security_scheme(BEARER, jwt_bearer());
         for module in modules::ALL {

@@ -182,7 +182,8 @@ impl Projector {
             let models: Vec<_> = targets.list.iter().map(|t| &t.keys).collect();
             // A rebuild re-evaluates parked aggregates instead of setting them aside: it has
             // no use for the parking.
-            let parked = (!matches!(source, Source::Rebuild(_))).then_some(self.dlq.parked.as_str());
+            let parked =
+                (!matches!(source, Source::Rebuild(_))).then_some(self.dlq.parked.as_str());
             let Some(loaded) = load(
                 &self.redis,
                 self.projection.as_ref(),

@@ -15,9 +15,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use events::EventEnvelope;
 use futures::future::BoxFuture;
+use outbox::Transaction;
 use outbox::history;
 use tokio::sync::mpsc;
-use outbox::Transaction;
 
 use super::batch::{Decoded, Input};
 use super::targets::Source;
@@ -104,8 +104,8 @@ impl Projector {
                 let events = page.len() as u64;
                 let mut shares: Vec<Vec<Input>> = (0..LANES).map(|_| Vec::new()).collect();
                 for (_, e) in std::mem::take(&mut page) {
-                    let lane = usize::try_from(e.aggregate_id.as_u128() % LANES as u128)
-                        .unwrap_or(0);
+                    let lane =
+                        usize::try_from(e.aggregate_id.as_u128() % LANES as u128).unwrap_or(0);
                     shares[lane].push(input(e));
                 }
                 let shares: Vec<(usize, Vec<Input>)> = shares
@@ -125,7 +125,11 @@ impl Projector {
                 let (sent, next) = tokio::join!(
                     async {
                         for (lane, inputs) in shares {
-                            if senders[lane].send(Share { page: seq, inputs }).await.is_err() {
+                            if senders[lane]
+                                .send(Share { page: seq, inputs })
+                                .await
+                                .is_err()
+                            {
                                 return false;
                             }
                         }

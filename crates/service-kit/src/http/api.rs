@@ -242,6 +242,21 @@ impl Routes {
         self
     }
 
+    /// Data for every route of the app, made by `make` once per HTTP worker thread, on that
+    /// thread: for state whose IO should stay on the thread serving the request (a worker's
+    /// own PostgreSQL pool: its connections' tasks then run beside the requests using them,
+    /// instead of waking another thread at every round trip).
+    pub fn worker_data<T: 'static>(
+        &mut self,
+        make: impl Fn() -> T + Send + Sync + 'static,
+    ) -> &mut Self {
+        self.app_data
+            .push(Arc::new(move |cfg: &mut web::ServiceConfig| {
+                cfg.app_data(make());
+            }));
+        self
+    }
+
     /// Registers a security scheme that operations may require by `name`.
     pub fn security_scheme(&mut self, name: &str, scheme: SecurityScheme) -> &mut Self {
         self.security_schemes.insert(name.to_owned(), scheme);
