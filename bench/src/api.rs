@@ -311,8 +311,10 @@ fn token(user: Uuid) -> anyhow::Result<String> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let seconds: u64 = env_or("BENCH_API_SECONDS", 10);
+    // Empty: only the sustained pipeline.
     let clients: Vec<usize> = env_or("BENCH_API_CLIENTS", "16,64".to_owned())
         .split(',')
+        .filter(|c| !c.trim().is_empty())
         .map(|c| c.trim().parse::<usize>())
         .collect::<Result<_, _>>()
         .context("BENCH_API_CLIENTS: numbers separated by commas")?;
