@@ -58,7 +58,7 @@ pub async fn page(
             // type by type, and every row after `after` would be sorted for each page).
             "SELECT e.position, e.event_id, e.event_type, e.schema_version, e.aggregate_type,
                     e.aggregate_id, e.aggregate_version, e.occurred_at, e.payload, e.metadata
-             FROM unnest($1::text[]) AS t(aggregate_type)
+             FROM (SELECT DISTINCT unnest($1::text[])) AS t(aggregate_type)
              CROSS JOIN LATERAL (
                  SELECT position, event_id, event_type, schema_version, aggregate_type,
                         aggregate_id, aggregate_version, occurred_at, payload, metadata

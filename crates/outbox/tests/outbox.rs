@@ -381,7 +381,8 @@ async fn a_history_page_reads_about_its_own_size_and_interleaves_types() {
     outbox::history::import(&**db.pool.get().await.expect("pg"), &history)
         .await
         .expect("import");
-    let types = vec!["Task".to_owned(), "Node".to_owned()];
+    // A type named twice is read once.
+    let types = vec!["Task".to_owned(), "Node".to_owned(), "Task".to_owned()];
     let mut client = db.pool.get().await.expect("pg");
     let snapshot = outbox::history::snapshot(&mut client)
         .await

@@ -30,8 +30,9 @@ pub(super) const PAGE: i64 = 1000;
 /// the lanes apply side by side over connections of their own.
 const LANES: usize = 4;
 
-/// Pages a lane may hold queued beyond the one it applies: how far the fastest lane may run
-/// ahead of the slowest (memory: about `LANES × AHEAD / LANES` pages of events).
+/// Shares a lane may hold queued beyond the one it applies: how far the fastest lane may run
+/// ahead of the slowest. Memory: a share is about a page over `LANES`, so the lanes hold at
+/// most about `AHEAD + 1` pages of events between them, plus the page being read.
 const AHEAD: usize = 2;
 
 /// One lane's share of a page.
