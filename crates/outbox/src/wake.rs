@@ -84,7 +84,7 @@ impl Waker {
             while kicks.recv().await.is_some() {
                 let partitions = std::mem::take(&mut *lock(&taken));
                 let sent = match pool.get().await {
-                    Ok(client) => notify(&**client, &partitions).await,
+                    Ok(client) => notify(&client, &partitions).await,
                     Err(e) => Err(e.into()),
                 };
                 if let Err(e) = sent {

@@ -288,7 +288,7 @@ async fn listener_hears_a_wake_up_naming_the_partitions_written() {
     let events = events_for(id, 1..=2);
     append(&db, &events).await;
     let c = db.pool.get().await.expect("client");
-    outbox::wake::notify(&**c, &outbox::wake::partitions_of(&events, 4))
+    outbox::wake::notify(&c, &outbox::wake::partitions_of(&events, 4))
         .await
         .expect("wake");
     let payload = tokio::time::timeout(Duration::from_secs(2), rx.recv())

@@ -99,7 +99,7 @@ async fn append_next(pool: &Pool, id: Uuid, n: usize, partitions: u32) -> Result
     tx.commit().await.map_err(|e| e.to_string())?;
     // As command-api does: the relay is woken after the commit. A wake-up that fails is lost
     // (the relay's poll covers it); failing the write would make the caller write it again.
-    let _ = outbox::wake::notify(&**c, &outbox::wake::partitions_of(&events, partitions)).await;
+    let _ = outbox::wake::notify(&c, &outbox::wake::partitions_of(&events, partitions)).await;
     Ok(())
 }
 

@@ -720,7 +720,7 @@ async fn dead_letters_are_listed_counted_retried_without_loss_and_discarded_with
             .await
             .expect("append");
         tx.commit().await.expect("commit");
-        outbox::wake::notify(&**c, &woken).await.expect("wake");
+        outbox::wake::notify(&c, &woken).await.expect("wake");
     }
     let (s, _) = p
         .command(

@@ -277,7 +277,7 @@ async fn a_poison_event_is_dead_lettered_parks_its_aggregate_and_a_discard_bring
             .await
             .expect("append");
         tx.commit().await.expect("commit");
-        outbox::wake::notify(&**c, &woken).await.expect("wake");
+        outbox::wake::notify(&c, &woken).await.expect("wake");
     }
     let (s, _) = p
         .command(

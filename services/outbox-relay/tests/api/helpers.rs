@@ -111,7 +111,7 @@ impl Fixture {
     ) -> Vec<EventEnvelope> {
         let events = self.write_quietly(aggregate, versions).await;
         let c = self.db.pool.get().await.expect("client");
-        outbox::wake::notify(&**c, &outbox::wake::partitions_of(&events, self.partitions))
+        outbox::wake::notify(&c, &outbox::wake::partitions_of(&events, self.partitions))
             .await
             .expect("wake");
         events
