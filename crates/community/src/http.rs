@@ -9,6 +9,7 @@ use service_kit::command::{CommandAccepted, CommandMeta, CommandRunner, IfMatch,
 use service_kit::consistency::ConsistencyWait;
 use service_kit::http::auth::AuthUser;
 use service_kit::http::extract::{JsonBody, parse_uuid, query_config};
+use service_kit::http::responses::{BodyErrors, CommandErrors, QueryErrors};
 use service_kit::http::{ApiError, ErrorBody, Routes};
 use service_kit::read_side::ReadSide;
 use utoipa::IntoParams;
@@ -72,11 +73,9 @@ pub fn query_routes(routes: &mut Routes, reads: &ReadSide) {
             ("idempotency-replayed" = String, description = "`true` on a replayed answer"),
         )),
         (status = 400, description = "Malformed body, or a field or header breaks its rule", body = ErrorBody),
-        (status = 401, description = "Missing or invalid token", body = ErrorBody),
         (status = 409, description = "`idempotency_key_reused`, or a concurrent write", body = ErrorBody),
-        (status = 413, description = "Body over 64 KiB", body = ErrorBody),
-        (status = 415, description = "Body is not `application/json`", body = ErrorBody),
-        (status = 503, description = "PostgreSQL is unavailable; nothing was written", body = ErrorBody),
+        CommandErrors,
+        BodyErrors,
     ),
     security(("bearer" = [])),
 )]
@@ -132,14 +131,12 @@ async fn on_post(
             ("idempotency-replayed" = String, description = "`true` on a replayed answer"),
         )),
         (status = 400, description = "Bad id, malformed body, or a field or header breaks its rule", body = ErrorBody),
-        (status = 401, description = "Missing or invalid token", body = ErrorBody),
         (status = 403, description = "Another user's post", body = ErrorBody),
         (status = 404, description = "No such post the caller can see (unknown, deleted, or another user's non-public post)", body = ErrorBody),
         (status = 409, description = "`idempotency_key_reused`, or a concurrent write", body = ErrorBody),
         (status = 412, description = "`If-Match` differs from the current version", body = ErrorBody),
-        (status = 413, description = "Body over 64 KiB", body = ErrorBody),
-        (status = 415, description = "Body is not `application/json`", body = ErrorBody),
-        (status = 503, description = "PostgreSQL is unavailable; nothing was written", body = ErrorBody),
+        CommandErrors,
+        BodyErrors,
     ),
     security(("bearer" = [])),
 )]
@@ -167,12 +164,11 @@ async fn update(
             ("idempotency-replayed" = String, description = "`true` on a replayed answer"),
         )),
         (status = 400, description = "Bad id, or a header breaks its rule", body = ErrorBody),
-        (status = 401, description = "Missing or invalid token", body = ErrorBody),
         (status = 403, description = "Another user's post", body = ErrorBody),
         (status = 404, description = "No such post the caller can see (unknown, deleted, or another user's non-public post)", body = ErrorBody),
         (status = 409, description = "`idempotency_key_reused`, or a concurrent write", body = ErrorBody),
         (status = 412, description = "`If-Match` differs from the current version", body = ErrorBody),
-        (status = 503, description = "PostgreSQL is unavailable; nothing was written", body = ErrorBody),
+        CommandErrors,
     ),
     security(("bearer" = [])),
 )]
@@ -207,11 +203,10 @@ async fn delete(
             ("idempotency-replayed" = String, description = "`true` on a replayed answer"),
         )),
         (status = 400, description = "Bad id, or a header breaks its rule", body = ErrorBody),
-        (status = 401, description = "Missing or invalid token", body = ErrorBody),
         (status = 404, description = "No such post the caller can see (unknown, deleted, or another user's non-public post)", body = ErrorBody),
         (status = 409, description = "`idempotency_key_reused`, or a concurrent write", body = ErrorBody),
         (status = 412, description = "`If-Match` differs from the current version", body = ErrorBody),
-        (status = 503, description = "PostgreSQL is unavailable; nothing was written", body = ErrorBody),
+        CommandErrors,
     ),
     security(("bearer" = [])),
 )]
@@ -237,11 +232,10 @@ async fn like(
             ("idempotency-replayed" = String, description = "`true` on a replayed answer"),
         )),
         (status = 400, description = "Bad id, or a header breaks its rule", body = ErrorBody),
-        (status = 401, description = "Missing or invalid token", body = ErrorBody),
         (status = 404, description = "No such post the caller can see (unknown, deleted, or another user's non-public post)", body = ErrorBody),
         (status = 409, description = "`idempotency_key_reused`, or a concurrent write", body = ErrorBody),
         (status = 412, description = "`If-Match` differs from the current version", body = ErrorBody),
-        (status = 503, description = "PostgreSQL is unavailable; nothing was written", body = ErrorBody),
+        CommandErrors,
     ),
     security(("bearer" = [])),
 )]
@@ -278,11 +272,10 @@ type Reads = web::Data<ReadSide>;
             ("x-consistency" = String, description = "`fresh` or `stale`: sent when `X-Consistency-Token` was"),
         )),
         (status = 400, description = "Bad id, `X-Consistency-Token` or `wait_ms`", body = ErrorBody),
-        (status = 401, description = "Missing or invalid token", body = ErrorBody),
         (status = 404, description = "No such post the caller can see (unknown, deleted, another user's non-public post, or not visible yet: then `X-Consistency: stale`)", body = ErrorBody, headers(
             ("x-consistency" = String, description = "`fresh` or `stale`: sent when `X-Consistency-Token` was"),
         )),
-        (status = 503, description = "Redis is unavailable, or the read model is being built from nothing", body = ErrorBody),
+        QueryErrors,
     ),
     security(("bearer" = [])),
 )]
@@ -372,8 +365,7 @@ async fn page_of(
             ("x-consistency" = String, description = "`fresh` or `stale`: sent when `X-Consistency-Token` was"),
         )),
         (status = 400, description = "Bad `limit`, `cursor`, `X-Consistency-Token` or `wait_ms`", body = ErrorBody),
-        (status = 401, description = "Missing or invalid token", body = ErrorBody),
-        (status = 503, description = "Redis is unavailable, or the read model is being built from nothing", body = ErrorBody),
+        QueryErrors,
     ),
     security(("bearer" = [])),
 )]
@@ -398,8 +390,7 @@ async fn feed(
             ("x-consistency" = String, description = "`fresh` or `stale`: sent when `X-Consistency-Token` was"),
         )),
         (status = 400, description = "Bad `user_id`, `limit`, `cursor`, `X-Consistency-Token` or `wait_ms`", body = ErrorBody),
-        (status = 401, description = "Missing or invalid token", body = ErrorBody),
-        (status = 503, description = "Redis is unavailable, or the read model is being built from nothing", body = ErrorBody),
+        QueryErrors,
     ),
     security(("bearer" = [])),
 )]

@@ -9,6 +9,7 @@ use service_kit::command::{CommandAccepted, CommandMeta, CommandRunner, IfMatch,
 use service_kit::consistency::ConsistencyWait;
 use service_kit::http::auth::AuthUser;
 use service_kit::http::extract::{JsonBody, parse_uuid, query_config};
+use service_kit::http::responses::{BodyErrors, CommandErrors, QueryErrors};
 use service_kit::http::{ApiError, ErrorBody, Routes};
 use service_kit::read_side::ReadSide;
 use utoipa::IntoParams;
@@ -74,11 +75,9 @@ pub fn query_routes(routes: &mut Routes, reads: &ReadSide) {
             ("idempotency-replayed" = String, description = "`true` on a replayed answer"),
         )),
         (status = 400, description = "Malformed body, a field or header breaks its rule, or `parent_id` is not an existing node", body = ErrorBody),
-        (status = 401, description = "Missing or invalid token", body = ErrorBody),
         (status = 409, description = "`idempotency_key_reused`, or a concurrent write", body = ErrorBody),
-        (status = 413, description = "Body over 64 KiB", body = ErrorBody),
-        (status = 415, description = "Body is not `application/json`", body = ErrorBody),
-        (status = 503, description = "PostgreSQL is unavailable; nothing was written", body = ErrorBody),
+        CommandErrors,
+        BodyErrors,
     ),
     security(("bearer" = [])),
 )]
@@ -111,12 +110,10 @@ async fn create_node(
             ("idempotency-replayed" = String, description = "`true` on a replayed answer"),
         )),
         (status = 400, description = "Malformed body, a field or header breaks its rule, an end is not an existing node, or both ends are the same node", body = ErrorBody),
-        (status = 401, description = "Missing or invalid token", body = ErrorBody),
         (status = 409, description = "`conflict` (the same source, target and type exist), `idempotency_key_reused`, or a concurrent write", body = ErrorBody),
         (status = 412, description = "`If-Match` differs from the source node's version", body = ErrorBody),
-        (status = 413, description = "Body over 64 KiB", body = ErrorBody),
-        (status = 415, description = "Body is not `application/json`", body = ErrorBody),
-        (status = 503, description = "PostgreSQL is unavailable; nothing was written", body = ErrorBody),
+        CommandErrors,
+        BodyErrors,
     ),
     security(("bearer" = [])),
 )]
@@ -168,11 +165,10 @@ async fn on_node(
             ("idempotency-replayed" = String, description = "`true` on a replayed answer"),
         )),
         (status = 400, description = "Bad id, or a header breaks its rule", body = ErrorBody),
-        (status = 401, description = "Missing or invalid token", body = ErrorBody),
         (status = 404, description = "No such node", body = ErrorBody),
         (status = 409, description = "`idempotency_key_reused`, or a concurrent write", body = ErrorBody),
         (status = 412, description = "`If-Match` differs from the version of the caller's progress on the node (0 before the unlock)", body = ErrorBody),
-        (status = 503, description = "PostgreSQL is unavailable; nothing was written", body = ErrorBody),
+        CommandErrors,
     ),
     security(("bearer" = [])),
 )]
@@ -198,11 +194,10 @@ async fn unlock(
             ("idempotency-replayed" = String, description = "`true` on a replayed answer"),
         )),
         (status = 400, description = "Bad id, or a header breaks its rule", body = ErrorBody),
-        (status = 401, description = "Missing or invalid token", body = ErrorBody),
         (status = 404, description = "No such node", body = ErrorBody),
         (status = 409, description = "`invalid_transition` (not unlocked by the caller), `idempotency_key_reused`, or a concurrent write", body = ErrorBody),
         (status = 412, description = "`If-Match` differs from the version of the caller's progress on the node", body = ErrorBody),
-        (status = 503, description = "PostgreSQL is unavailable; nothing was written", body = ErrorBody),
+        CommandErrors,
     ),
     security(("bearer" = [])),
 )]
@@ -242,13 +237,11 @@ pub struct StudyAccepted {
             ("idempotency-replayed" = String, description = "`true` on a replayed answer"),
         )),
         (status = 400, description = "Bad id, malformed body, or a field or header breaks its rule", body = ErrorBody),
-        (status = 401, description = "Missing or invalid token", body = ErrorBody),
         (status = 404, description = "No such node", body = ErrorBody),
         (status = 409, description = "`invalid_transition` (not unlocked by the caller), `idempotency_key_reused`, or a concurrent write", body = ErrorBody),
         (status = 412, description = "`If-Match` differs from the version of the caller's progress on the node", body = ErrorBody),
-        (status = 413, description = "Body over 64 KiB", body = ErrorBody),
-        (status = 415, description = "Body is not `application/json`", body = ErrorBody),
-        (status = 503, description = "PostgreSQL is unavailable; nothing was written", body = ErrorBody),
+        CommandErrors,
+        BodyErrors,
     ),
     security(("bearer" = [])),
 )]
@@ -279,11 +272,10 @@ type Reads = web::Data<ReadSide>;
             ("x-consistency" = String, description = "`fresh` or `stale`: sent when `X-Consistency-Token` was"),
         )),
         (status = 400, description = "Bad id, `X-Consistency-Token` or `wait_ms`", body = ErrorBody),
-        (status = 401, description = "Missing or invalid token", body = ErrorBody),
         (status = 404, description = "No such node (or not visible yet: then `X-Consistency: stale`)", body = ErrorBody, headers(
             ("x-consistency" = String, description = "`fresh` or `stale`: sent when `X-Consistency-Token` was"),
         )),
-        (status = 503, description = "Redis is unavailable, or the read model is being built from nothing", body = ErrorBody),
+        QueryErrors,
     ),
     security(("bearer" = [])),
 )]
@@ -316,11 +308,10 @@ async fn get_node(
             ("x-consistency" = String, description = "`fresh` or `stale`: sent when `X-Consistency-Token` was"),
         )),
         (status = 400, description = "Bad id, `X-Consistency-Token` or `wait_ms`", body = ErrorBody),
-        (status = 401, description = "Missing or invalid token", body = ErrorBody),
         (status = 404, description = "No such node (or not visible yet: then `X-Consistency: stale`)", body = ErrorBody, headers(
             ("x-consistency" = String, description = "`fresh` or `stale`: sent when `X-Consistency-Token` was"),
         )),
-        (status = 503, description = "Redis is unavailable, or the read model is being built from nothing", body = ErrorBody),
+        QueryErrors,
     ),
     security(("bearer" = [])),
 )]
@@ -364,8 +355,7 @@ pub struct MyGalaxy {
             ("x-consistency" = String, description = "`fresh` or `stale`: sent when `X-Consistency-Token` was"),
         )),
         (status = 400, description = "Bad `X-Consistency-Token` or `wait_ms`", body = ErrorBody),
-        (status = 401, description = "Missing or invalid token", body = ErrorBody),
-        (status = 503, description = "Redis is unavailable, or the read model is being built from nothing", body = ErrorBody),
+        QueryErrors,
     ),
     security(("bearer" = [])),
 )]
@@ -412,8 +402,7 @@ struct StudiesParams {
             ("x-consistency" = String, description = "`fresh` or `stale`: sent when `X-Consistency-Token` was"),
         )),
         (status = 400, description = "Bad `limit`, `X-Consistency-Token` or `wait_ms`", body = ErrorBody),
-        (status = 401, description = "Missing or invalid token", body = ErrorBody),
-        (status = 503, description = "Redis is unavailable, or the read model is being built from nothing", body = ErrorBody),
+        QueryErrors,
     ),
     security(("bearer" = [])),
 )]

@@ -9,6 +9,7 @@ use service_kit::command::{CommandAccepted, CommandMeta, CommandRunner, IfMatch,
 use service_kit::consistency::ConsistencyWait;
 use service_kit::http::auth::AuthUser;
 use service_kit::http::extract::{JsonBody, OptionalJsonBody, parse_uuid, query_config};
+use service_kit::http::responses::{BodyErrors, CommandErrors, QueryErrors};
 use service_kit::http::{ApiError, ErrorBody, Routes};
 use service_kit::read_side::ReadSide;
 use utoipa::IntoParams;
@@ -73,11 +74,9 @@ pub fn query_routes(routes: &mut Routes, reads: &ReadSide) {
             ("idempotency-replayed" = String, description = "`true` on a replayed answer"),
         )),
         (status = 400, description = "Malformed body, or a field or header breaks its rule", body = ErrorBody),
-        (status = 401, description = "Missing or invalid token", body = ErrorBody),
         (status = 409, description = "`idempotency_key_reused`, or a concurrent write", body = ErrorBody),
-        (status = 413, description = "Body over 64 KiB", body = ErrorBody),
-        (status = 415, description = "Body is not `application/json`", body = ErrorBody),
-        (status = 503, description = "PostgreSQL is unavailable; nothing was written", body = ErrorBody),
+        CommandErrors,
+        BodyErrors,
     ),
     security(("bearer" = [])),
 )]
@@ -159,13 +158,11 @@ async fn on_task(
             ("idempotency-replayed" = String, description = "`true` on a replayed answer"),
         )),
         (status = 400, description = "Bad id, malformed body, or a field or header breaks its rule", body = ErrorBody),
-        (status = 401, description = "Missing or invalid token", body = ErrorBody),
         (status = 404, description = "No such task of the caller's (unknown, deleted, or another user's)", body = ErrorBody),
         (status = 409, description = "`idempotency_key_reused`, or a concurrent write", body = ErrorBody),
         (status = 412, description = "`If-Match` differs from the current version", body = ErrorBody),
-        (status = 413, description = "Body over 64 KiB", body = ErrorBody),
-        (status = 415, description = "Body is not `application/json`", body = ErrorBody),
-        (status = 503, description = "PostgreSQL is unavailable; nothing was written", body = ErrorBody),
+        CommandErrors,
+        BodyErrors,
     ),
     security(("bearer" = [])),
 )]
@@ -192,13 +189,11 @@ async fn update(
             ("idempotency-replayed" = String, description = "`true` on a replayed answer"),
         )),
         (status = 400, description = "Bad id, malformed body, or a field or header breaks its rule", body = ErrorBody),
-        (status = 401, description = "Missing or invalid token", body = ErrorBody),
         (status = 404, description = "No such task of the caller's (unknown, deleted, or another user's)", body = ErrorBody),
         (status = 409, description = "`invalid_transition` (not in progress), `idempotency_key_reused`, or a concurrent write", body = ErrorBody),
         (status = 412, description = "`If-Match` differs from the current version", body = ErrorBody),
-        (status = 413, description = "Body over 64 KiB", body = ErrorBody),
-        (status = 415, description = "Body is not `application/json`", body = ErrorBody),
-        (status = 503, description = "PostgreSQL is unavailable; nothing was written", body = ErrorBody),
+        CommandErrors,
+        BodyErrors,
     ),
     security(("bearer" = [])),
 )]
@@ -225,13 +220,11 @@ async fn complete(
             ("idempotency-replayed" = String, description = "`true` on a replayed answer"),
         )),
         (status = 400, description = "Bad id, malformed body, or a field or header breaks its rule", body = ErrorBody),
-        (status = 401, description = "Missing or invalid token", body = ErrorBody),
         (status = 404, description = "No such task of the caller's (unknown, deleted, or another user's)", body = ErrorBody),
         (status = 409, description = "`invalid_transition` (completed or abandoned already), `idempotency_key_reused`, or a concurrent write", body = ErrorBody),
         (status = 412, description = "`If-Match` differs from the current version", body = ErrorBody),
-        (status = 413, description = "Body over 64 KiB", body = ErrorBody),
-        (status = 415, description = "Body is not `application/json`", body = ErrorBody),
-        (status = 503, description = "PostgreSQL is unavailable; nothing was written", body = ErrorBody),
+        CommandErrors,
+        BodyErrors,
     ),
     security(("bearer" = [])),
 )]
@@ -257,11 +250,10 @@ async fn abandon(
             ("idempotency-replayed" = String, description = "`true` on a replayed answer"),
         )),
         (status = 400, description = "Bad id, malformed body, or a field or header breaks its rule", body = ErrorBody),
-        (status = 401, description = "Missing or invalid token", body = ErrorBody),
         (status = 404, description = "No such task of the caller's (unknown, deleted, or another user's)", body = ErrorBody),
         (status = 409, description = "`invalid_transition` (not pending), `idempotency_key_reused`, or a concurrent write", body = ErrorBody),
         (status = 412, description = "`If-Match` differs from the current version", body = ErrorBody),
-        (status = 503, description = "PostgreSQL is unavailable; nothing was written", body = ErrorBody),
+        CommandErrors,
     ),
     security(("bearer" = [])),
 )]
@@ -286,11 +278,10 @@ async fn start(
             ("idempotency-replayed" = String, description = "`true` on a replayed answer"),
         )),
         (status = 400, description = "Bad id, malformed body, or a field or header breaks its rule", body = ErrorBody),
-        (status = 401, description = "Missing or invalid token", body = ErrorBody),
         (status = 404, description = "No such task of the caller's (unknown, deleted, or another user's)", body = ErrorBody),
         (status = 409, description = "`idempotency_key_reused`, or a concurrent write", body = ErrorBody),
         (status = 412, description = "`If-Match` differs from the current version", body = ErrorBody),
-        (status = 503, description = "PostgreSQL is unavailable; nothing was written", body = ErrorBody),
+        CommandErrors,
     ),
     security(("bearer" = [])),
 )]
@@ -318,11 +309,10 @@ type Reads = web::Data<ReadSide>;
             ("x-consistency" = String, description = "`fresh` or `stale`: sent when `X-Consistency-Token` was"),
         )),
         (status = 400, description = "Bad id, `X-Consistency-Token` or `wait_ms`", body = ErrorBody),
-        (status = 401, description = "Missing or invalid token", body = ErrorBody),
         (status = 404, description = "No such task of the caller's (unknown, deleted, another user's, or not visible yet: then `X-Consistency: stale`)", body = ErrorBody, headers(
             ("x-consistency" = String, description = "`fresh` or `stale`: sent when `X-Consistency-Token` was"),
         )),
-        (status = 503, description = "Redis is unavailable, or the read model is being built from nothing", body = ErrorBody),
+        QueryErrors,
     ),
     security(("bearer" = [])),
 )]
@@ -371,8 +361,7 @@ struct ListParams {
             ("x-consistency" = String, description = "`fresh` or `stale`: sent when `X-Consistency-Token` was"),
         )),
         (status = 400, description = "Bad `status`, `limit`, `cursor`, `X-Consistency-Token` or `wait_ms`", body = ErrorBody),
-        (status = 401, description = "Missing or invalid token", body = ErrorBody),
-        (status = 503, description = "Redis is unavailable, or the read model is being built from nothing", body = ErrorBody),
+        QueryErrors,
     ),
     security(("bearer" = [])),
 )]
@@ -424,8 +413,7 @@ async fn list_tasks(
             ("x-consistency" = String, description = "`fresh` or `stale`: sent when `X-Consistency-Token` was"),
         )),
         (status = 400, description = "Bad `X-Consistency-Token` or `wait_ms`", body = ErrorBody),
-        (status = 401, description = "Missing or invalid token", body = ErrorBody),
-        (status = 503, description = "Redis is unavailable, or the read model is being built from nothing", body = ErrorBody),
+        QueryErrors,
     ),
     security(("bearer" = [])),
 )]

@@ -5,6 +5,7 @@ pub mod auth;
 pub mod error;
 pub mod extract;
 pub mod middleware;
+pub mod responses;
 pub mod server;
 
 pub use api::Routes;
