@@ -182,7 +182,8 @@ mod reply {
 
 static APPLY_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(SCRIPT));
 
-fn op_args(op: &Op) -> (&'static str, Vec<String>) {
+/// An operation's script name and its arguments after the key (shared with [`crate::bulk`]).
+pub(crate) fn op_args(op: &Op) -> (&'static str, Vec<String>) {
     match op {
         Op::Set { value, .. } => ("SET", vec![value.clone()]),
         Op::Del { .. } => ("DEL", vec![]),

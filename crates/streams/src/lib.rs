@@ -6,6 +6,7 @@
 #![warn(missing_docs)]
 
 pub mod apply;
+pub mod bulk;
 pub mod consumer;
 pub mod dlq;
 pub mod error;

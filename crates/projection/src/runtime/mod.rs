@@ -35,6 +35,7 @@
 //! heartbeats, retired generations) and `run` (the loop that strings them together).
 
 mod batch;
+mod bulk;
 mod canary;
 mod dead_letter;
 pub(crate) mod fate;
@@ -87,6 +88,8 @@ struct State {
     last_error: Option<String>,
     /// Events operators discarded from the dead letters (refreshed with the generations).
     discarded: Arc<std::collections::HashSet<Uuid>>,
+    /// Set when a bulk write failed half-way: rebuilds here go the careful way from then on.
+    bulk_off: bool,
 }
 
 /// Where a replica's run loop is: the status of its last round and how many rounds it made.

@@ -83,9 +83,13 @@ impl Projector {
                     let result = if stop.load(Ordering::Relaxed) {
                         Ok(BatchReport::default())
                     } else {
-                        self.process_inputs(share.inputs, source)
-                            .await
-                            .map_err(ReplayError::from)
+                        match source {
+                            Source::Rebuild(b) if !self.lock().bulk_off => {
+                                self.bulk_share(share.inputs, b).await
+                            }
+                            _ => self.process_inputs(share.inputs, source).await,
+                        }
+                        .map_err(ReplayError::from)
                     };
                     if done.send((share.page, result)).is_err() {
                         break;

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use outbox::operations::{NewOperation, OperationKind, OperationState, OperationStore, Started};
-use projection::{CanaryCheck, RebuildOutcome, Status};
+use projection::{CanaryCheck, Projector, RebuildOutcome, Status};
 use streams::{GenerationState, Generations, redis};
 use test_kit::{TestDb, eventually};
 use uuid::Uuid;
@@ -452,4 +452,192 @@ async fn a_second_live_process_under_one_name_is_refused_and_a_restart_is_not() 
     beating.abort();
     let restarted = f.another_with("shared", Some(db.pool.clone()));
     restarted.ensure_sole_replica().await.expect("a restart");
+}
+
+/// [`Logging`], counting every apply in `applies` (a write that is not idempotent, like a
+/// stats counter); once `armed`, planning `race`'s version 1 in the generation being built
+/// also does what a live apply landing right then would: it writes that version there.
+struct Racing {
+    inner: Logging,
+    race: Uuid,
+    armed: Arc<AtomicBool>,
+    url: String,
+}
+
+impl projection::Projection for Racing {
+    fn module(&self) -> &'static events::ModuleSpec {
+        self.inner.module()
+    }
+    fn reads(&self, e: &events::EventEnvelope, keys: &streams::ReadModelKeys) -> Vec<String> {
+        self.inner.reads(e, keys)
+    }
+    fn apply(
+        &self,
+        e: &events::EventEnvelope,
+        s: &projection::ViewState,
+        keys: &streams::ReadModelKeys,
+    ) -> Result<Vec<streams::Op>, projection::ProjectionError> {
+        let mut ops = self.inner.apply(e, s, keys)?;
+        let count = |key: String| streams::Op::HIncrBy {
+            key,
+            field: e.aggregate_id.to_string(),
+            delta: 1,
+        };
+        if e.aggregate_id == self.race
+            && e.aggregate_version == 1
+            && self.armed.swap(false, Ordering::SeqCst)
+        {
+            // A test double of the live path, between the fast path's read and its write: a
+            // blocking client, so the write has landed when planning goes on.
+            let mut c = redis::Client::open(self.url.as_str())
+                .and_then(|c| c.get_connection())
+                .expect("a blocking connection");
+            let () = redis::pipe()
+                .cmd("HSET")
+                .arg(keys.versions())
+                .arg(e.aggregate_id.to_string())
+                .arg(1)
+                .ignore()
+                .cmd("SET")
+                .arg(keys.key(&format!("log:{}", e.aggregate_id)))
+                .arg("1")
+                .ignore()
+                .cmd("HINCRBY")
+                .arg(keys.key("applies"))
+                .arg(e.aggregate_id.to_string())
+                .arg(1)
+                .ignore()
+                .query(&mut c)
+                .expect("the live apply");
+        }
+        ops.push(count(keys.key("applies")));
+        Ok(ops)
+    }
+}
+
+#[tokio::test]
+async fn a_live_apply_landing_between_a_rebuilds_read_and_write_is_not_applied_twice() {
+    let ids: Vec<Uuid> = (0..300).map(|_| Uuid::now_v7()).collect();
+    let (db, f) = built(1, &lives(&ids, 1..=3)).await;
+    let armed = Arc::new(AtomicBool::new(true));
+    let race = ids[17];
+    let racing = Projector::new(
+        f.redis.pools.clone(),
+        Some(db.pool.clone()),
+        Arc::new(Racing {
+            inner: Logging {
+                broken: f.broken.clone(),
+            },
+            race,
+            armed: armed.clone(),
+            url: f.redis.settings.url.clone(),
+        }),
+        settings("r2", 1),
+    );
+    operator_rebuild(&db).await;
+    let outcome = racing.rebuild("operator").await.expect("rebuild");
+    assert!(
+        matches!(outcome, RebuildOutcome::Switched { .. }),
+        "{outcome:?}"
+    );
+    assert!(!armed.load(Ordering::SeqCst), "the race happened");
+    let model = racing.keys();
+    let mut c = f.redis.pools.commands.get().await.expect("conn");
+    for id in &ids {
+        let (log, applies): (Option<String>, Option<i64>) = redis::pipe()
+            .cmd("GET")
+            .arg(model.key(&format!("log:{id}")))
+            .cmd("HGET")
+            .arg(model.key("applies"))
+            .arg(id.to_string())
+            .query_async(&mut *c)
+            .await
+            .expect("read");
+        assert_eq!(
+            (log.as_deref(), applies),
+            (Some("1,2,3"), Some(3)),
+            "every version applied once to {id} (the raced one: {race})"
+        );
+    }
+}
+
+/// [`Logging`], except that `clash`'s version 2 also counts in its log key, a string: projection
+/// code using one key as two types, which only Redis can catch.
+struct Clashing {
+    inner: Logging,
+    clash: Uuid,
+}
+
+impl projection::Projection for Clashing {
+    fn module(&self) -> &'static events::ModuleSpec {
+        self.inner.module()
+    }
+    fn reads(&self, e: &events::EventEnvelope, keys: &streams::ReadModelKeys) -> Vec<String> {
+        self.inner.reads(e, keys)
+    }
+    fn apply(
+        &self,
+        e: &events::EventEnvelope,
+        s: &projection::ViewState,
+        keys: &streams::ReadModelKeys,
+    ) -> Result<Vec<streams::Op>, projection::ProjectionError> {
+        let mut ops = self.inner.apply(e, s, keys)?;
+        if e.aggregate_id == self.clash && e.aggregate_version == 2 {
+            ops.push(streams::Op::HIncrBy {
+                key: keys.key(&format!("log:{}", e.aggregate_id)),
+                field: "n".into(),
+                delta: 1,
+            });
+        }
+        Ok(ops)
+    }
+}
+
+#[tokio::test]
+async fn a_fast_rebuild_write_that_fails_half_way_starts_over_the_careful_way() {
+    let ids: Vec<Uuid> = (0..50).map(|_| Uuid::now_v7()).collect();
+    let (db, f) = built(1, &lives(&ids, 1..=3)).await;
+    let clash = ids[7];
+    let clashing = Projector::new(
+        f.redis.pools.clone(),
+        Some(db.pool.clone()),
+        Arc::new(Clashing {
+            inner: Logging {
+                broken: f.broken.clone(),
+            },
+            clash,
+        }),
+        settings("r2", 1),
+    );
+    operator_rebuild(&db).await;
+    let first = clashing.rebuild("operator").await;
+    assert!(
+        matches!(
+            first,
+            Err(projection::ReplayError::Streams(
+                streams::StreamError::Redis(_)
+            ))
+        ),
+        "{first:?}"
+    );
+    // Carried on by whoever comes next: a fresh generation, built the careful way, where the
+    // bad write is refused whole (dead-lettered) and everything else applies.
+    let outcome = clashing.rebuild("operator").await.expect("rebuild");
+    let RebuildOutcome::Switched { generation, .. } = outcome else {
+        panic!("{outcome:?}")
+    };
+    let model = clashing.keys();
+    assert_eq!(model.generation(), generation);
+    let mut c = f.redis.pools.commands.get().await.expect("conn");
+    for id in &ids {
+        let log: Option<String> = redis::cmd("GET")
+            .arg(model.key(&format!("log:{id}")))
+            .query_async(&mut *c)
+            .await
+            .expect("get");
+        let want = if *id == clash { "1" } else { "1,2,3" };
+        assert_eq!(log.as_deref(), Some(want), "{id}");
+    }
+    let letters = f.dead_letters().list(None, 10).await.expect("list");
+    assert_eq!(letters.len(), 1, "{letters:?}");
 }

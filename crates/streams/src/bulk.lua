@@ -1,0 +1,40 @@
+-- Writes runs of a generation being built, each run one aggregate's events folded together,
+-- guarded by the aggregate's applied version only: no per-key type checks, no marker, no
+-- lease, no acknowledgement (see bulk.rs for why that is safe there and only there).
+-- KEYS[1] the generation pointer, KEYS[2] the versions hash, then one key per op, in order.
+-- ARGV[1] the generation that must still be the one being built, ARGV[2] run count, then per
+-- run: aggregate id, the applied version it was planned from, the version it ends at, op
+-- count, then per op: name, args.
+-- Returns -1 when the generation is no longer the one being built (nothing written), else
+-- one flag per run: 1 written, 0 its applied version was not the one planned from (nothing of
+-- it written).
+if redis.call('HGET', KEYS[1], 'building') ~= ARGV[1] then return -1 end
+local arity = {SET = 1, DEL = 0, ZADD = 2, ZREM = 1, HINCRBY = 2, HSET = 2, HDEL = 1, ZKEEPHIGHEST = 1}
+local out = {}
+local i, k = 3, 3
+for r = 1, tonumber(ARGV[2]) do
+  local aggregate, expected, version, n = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2], tonumber(ARGV[i + 3])
+  i = i + 4
+  local take = tonumber(redis.call('HGET', KEYS[2], aggregate) or '0') == expected
+  out[r] = take and 1 or 0
+  for _ = 1, n do
+    local op, key = ARGV[i], KEYS[k]
+    local a = arity[op]
+    if a == nil then return redis.error_reply('unknown op ' .. tostring(op)) end
+    if take then
+      if op == 'SET' then redis.call('SET', key, ARGV[i + 1])
+      elseif op == 'DEL' then redis.call('DEL', key)
+      elseif op == 'ZADD' then redis.call('ZADD', key, ARGV[i + 1], ARGV[i + 2])
+      elseif op == 'ZREM' then redis.call('ZREM', key, ARGV[i + 1])
+      elseif op == 'HINCRBY' then redis.call('HINCRBY', key, ARGV[i + 1], ARGV[i + 2])
+      elseif op == 'HSET' then redis.call('HSET', key, ARGV[i + 1], ARGV[i + 2])
+      elseif op == 'HDEL' then redis.call('HDEL', key, ARGV[i + 1])
+      elseif op == 'ZKEEPHIGHEST' then
+        redis.call('ZREMRANGEBYRANK', key, 0, -(tonumber(ARGV[i + 1]) + 1))
+      end
+    end
+    i, k = i + 1 + a, k + 1
+  end
+  if take then redis.call('HSET', KEYS[2], aggregate, version) end
+end
+return out
