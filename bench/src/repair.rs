@@ -5,6 +5,8 @@
 //!   history, in this process (the projector's own code, release build), against the Redis
 //!   limit for the very same script calls: every page planned in memory beforehand and sent
 //!   straight to Redis, page after page, split into lanes by aggregate as a replay sends them;
+//!   and next to the limit of the fast path a rebuild actually takes (the same pages written
+//!   as runs, [`streams::bulk`]);
 //! - **gap repair**: `BENCH_GAP_AGGREGATES` aggregates whose middle versions were lost (a
 //!   failover that lost their stream entries), then their next event arrives: the release
 //!   `projector-worker` repairs each from `event_store`; aggregates and events repaired per
@@ -26,6 +28,7 @@ use events::EventEnvelope;
 use modules::Module;
 use outbox::PgSettings;
 use projection::{PlanOutcome, Projector, ProjectorSettings, ViewState};
+use streams::bulk::{Run, Written, write_runs};
 use streams::publisher::{self, StreamEntry};
 use streams::{
     ApplyItem, ApplyOutcome, GenerationGuard, GenerationState, Generations, RedisPools,
@@ -119,16 +122,19 @@ async fn run(
 
     eprintln!("{name}: the replay limit…");
     let limit = replay_limit(cfg, module, &history, &format!("{prefix}limit:")).await?;
-    eprintln!("{name}: {limit:.0} events/s; a rebuild from scratch…");
+    eprintln!("{name}: {limit:.0} events/s; the fast path's limit…");
+    let runs = runs_limit(cfg, module, &history, &format!("{prefix}runs:")).await?;
+    eprintln!("{name}: {runs:.0} events/s; a rebuild from scratch…");
     let replay_prefix = format!("{prefix}replay:");
     let (took, events) = rebuild(cfg, module, pool, &replay_prefix).await?;
     let replay = events as f64 / took.as_secs_f64();
     eprintln!("{name}: {replay:.0} events/s");
     if cfg.replay_only {
         return Ok(format!(
-            "### Replay, {name} ({} events): limit {limit:.0} events/s, rebuild {replay:.0} events/s ({:.2} × limit)\n\n",
+            "### Replay, {name} ({} events): script limit {limit:.0} events/s, runs limit {runs:.0} events/s, rebuild {replay:.0} events/s ({:.2} × the script's limit, {:.2} × the runs')\n\n",
             history.len(),
-            replay / limit
+            replay / limit,
+            replay / runs
         ));
     }
 
@@ -164,13 +170,19 @@ async fn run(
     writeln!(r, "|---|---|---|")?;
     writeln!(
         r,
-        "| Redis limit: the replay's script calls, planned beforehand, page by page ({PAGE}), {LANES} lanes by aggregate | {limit:.0} events/s | 1.00 |"
+        "| Redis limit: the apply script's calls of a replay (one checked item per event), planned beforehand, page by page ({PAGE}), {LANES} lanes by aggregate | {limit:.0} events/s | 1.00 |"
     )?;
     writeln!(
         r,
-        "| rebuild from scratch (replay of event_store into a new generation, then the switch) | {replay:.0} events/s ({:.2} s) | {:.2} × limit, {:.2} × target |",
+        "| Redis limit of the fast path: the same pages written as runs (`streams::bulk`), planned beforehand | {runs:.0} events/s | {:.2} × limit |",
+        runs / limit
+    )?;
+    writeln!(
+        r,
+        "| rebuild from scratch (replay of event_store into a new generation, then the switch) | {replay:.0} events/s ({:.2} s) | {:.2} × limit, {:.2} × the fast path's, {:.2} × target |",
         took.as_secs_f64(),
         replay / limit,
+        replay / runs,
         replay / 50_000.0
     )?;
     writeln!(r, "| replay target | 50000 events/s | |")?;
@@ -282,6 +294,89 @@ async fn replay_limit(
     ensure!(
         applied == history.len(),
         "only {applied} of {} applied",
+        history.len()
+    );
+    Ok(history.len() as f64 / took.as_secs_f64())
+}
+
+/// The Redis limit of a rebuild's fast path: the runs it writes ([`streams::bulk`]), planned
+/// in memory beforehand and sent page after page, each page's share of a lane folded into one
+/// run per aggregate, the lanes side by side.
+async fn runs_limit(
+    cfg: &Config,
+    module: &Module,
+    history: &[EventEnvelope],
+    prefix: &str,
+) -> anyhow::Result<f64> {
+    let pools = RedisPools::connect(&RedisSettings::new(
+        cfg.redis_url.clone(),
+        prefix.to_owned(),
+    ))?;
+    let g = generations(&pools, module);
+    let keys = g.keys_of(2);
+    {
+        let mut conn = pools.commands.get().await?;
+        g.start_building(&mut *conn, 2).await?;
+    }
+    let refs: Vec<&EventEnvelope> = history.iter().collect();
+    let plans = projection::plan(
+        (module.projection)().as_ref(),
+        &keys,
+        &refs,
+        &HashMap::new(),
+        &mut ViewState::default(),
+    );
+    let mut planned = Vec::with_capacity(history.len());
+    for (e, plan) in history.iter().zip(plans) {
+        let PlanOutcome::Apply(ops) = plan else {
+            anyhow::bail!("the projection refused {}: {plan:?}", e.event_type);
+        };
+        planned.push((e, ops));
+    }
+    let pages: Vec<Vec<Vec<Run>>> = planned
+        .chunks(PAGE)
+        .map(|page| {
+            let mut lanes: Vec<Vec<Run>> = vec![Vec::new(); LANES];
+            let mut at: HashMap<uuid::Uuid, (usize, usize)> = HashMap::new();
+            for (e, ops) in page {
+                let lane = (e.aggregate_id.as_u128() % LANES as u128) as usize;
+                let (l, i) = *at.entry(e.aggregate_id).or_insert_with(|| {
+                    lanes[lane].push(Run::new(e.aggregate_id, e.aggregate_version - 1));
+                    (lane, lanes[lane].len() - 1)
+                });
+                lanes[l][i].push(e.aggregate_version, ops.clone());
+            }
+            lanes
+        })
+        .collect();
+    let started = Instant::now();
+    let mut written = 0;
+    for lanes in &pages {
+        let done = futures::future::join_all(lanes.iter().map(|runs| {
+            let (pools, pointer, versions) = (pools.clone(), g.pointer(), keys.versions());
+            async move {
+                let mut conn = pools.commands.get().await?;
+                match write_runs(&mut *conn, pointer, &versions, 2, runs).await? {
+                    Written::Runs(flags) => anyhow::Ok(
+                        runs.iter()
+                            .zip(flags)
+                            .filter(|(_, ok)| *ok)
+                            .map(|(r, _)| usize::try_from(r.to - r.from).unwrap_or(0))
+                            .sum::<usize>(),
+                    ),
+                    Written::Moved => anyhow::bail!("the generation stopped being built"),
+                }
+            }
+        }))
+        .await;
+        for d in done {
+            written += d?;
+        }
+    }
+    let took = started.elapsed();
+    ensure!(
+        written == history.len(),
+        "only {written} of {} written",
         history.len()
     );
     Ok(history.len() as f64 / took.as_secs_f64())

@@ -10,17 +10,30 @@
 -- it written).
 if redis.call('HGET', KEYS[1], 'building') ~= ARGV[1] then return -1 end
 local arity = {SET = 1, DEL = 0, ZADD = 2, ZREM = 1, HINCRBY = 2, HSET = 2, HDEL = 1, ZKEEPHIGHEST = 1}
-local out = {}
+local runs = tonumber(ARGV[2])
+-- Every run's applied version in one read, every new one in one write: two calls per call
+-- instead of two per run (each call from Lua costs about a microsecond).
+local aggregates, at = {}, 3
+for r = 1, runs do
+  aggregates[r] = ARGV[at]
+  local n = tonumber(ARGV[at + 3])
+  at = at + 4
+  for _ = 1, n do
+    local a = arity[ARGV[at]]
+    if a == nil then return redis.error_reply('unknown op ' .. tostring(ARGV[at])) end
+    at = at + 1 + a
+  end
+end
+local current = redis.call('HMGET', KEYS[2], unpack(aggregates))
+local out, moved = {}, {}
 local i, k = 3, 3
-for r = 1, tonumber(ARGV[2]) do
+for r = 1, runs do
   local aggregate, expected, version, n = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2], tonumber(ARGV[i + 3])
   i = i + 4
-  local take = tonumber(redis.call('HGET', KEYS[2], aggregate) or '0') == expected
+  local take = tonumber(current[r] or '0') == expected
   out[r] = take and 1 or 0
   for _ = 1, n do
     local op, key = ARGV[i], KEYS[k]
-    local a = arity[op]
-    if a == nil then return redis.error_reply('unknown op ' .. tostring(op)) end
     if take then
       if op == 'SET' then redis.call('SET', key, ARGV[i + 1])
       elseif op == 'DEL' then redis.call('DEL', key)
@@ -33,8 +46,12 @@ for r = 1, tonumber(ARGV[2]) do
         redis.call('ZREMRANGEBYRANK', key, 0, -(tonumber(ARGV[i + 1]) + 1))
       end
     end
-    i, k = i + 1 + a, k + 1
+    i, k = i + 1 + arity[op], k + 1
   end
-  if take then redis.call('HSET', KEYS[2], aggregate, version) end
+  if take then
+    moved[#moved + 1] = aggregate
+    moved[#moved + 1] = version
+  end
 end
+if #moved > 0 then redis.call('HSET', KEYS[2], unpack(moved)) end
 return out

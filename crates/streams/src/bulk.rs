@@ -85,9 +85,13 @@ pub enum Written {
 /// (a few milliseconds).
 static BULK_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("bulk.lua")));
 const OPS_PER_CALL: usize = 2000;
+/// Runs per call: their versions are read and written with one command each, whose arguments
+/// Lua's stack must hold (8,000 at most).
+const RUNS_PER_CALL: usize = 1000;
 
 /// Writes `runs` into generation `building` (whose pointer is `pointer` and applied versions
-/// `versions_key`), in one round trip.
+/// `versions_key`), in one round trip. At most one run per aggregate: a second one would be
+/// judged against the version before the first (and not written).
 ///
 /// # Errors
 /// [`StreamError::Unavailable`] when Redis is down (calls made before are whole and guarded:
@@ -113,7 +117,8 @@ pub async fn write_runs(
     let mut calls: Vec<Vec<usize>> = vec![vec![]];
     let mut ops_in_call = 0;
     for (i, run) in runs.iter().enumerate().filter(|(i, _)| sendable[*i]) {
-        if ops_in_call > 0 && ops_in_call + run.ops.len() > OPS_PER_CALL {
+        let full = calls.last().is_some_and(|c| c.len() >= RUNS_PER_CALL);
+        if full || (ops_in_call > 0 && ops_in_call + run.ops.len() > OPS_PER_CALL) {
             calls.push(vec![]);
             ops_in_call = 0;
         }

@@ -8,7 +8,9 @@
 //! 1. mark the new generation as *building*: from then on every live apply writes it too (the
 //!    apply's generation guard refuses one planned without it), so it misses nothing;
 //! 2. replay `event_store` into it, in one snapshot taken after step 1: whatever commits later
-//!    reaches it through the live path;
+//!    reaches it through the live path. The replay writes runs of each aggregate's events,
+//!    guarded by its applied version (`bulk`), and falls back to the apply script for what a
+//!    run cannot take;
 //! 3. switch, atomically: it becomes the active generation, the old one is retired (deleted
 //!    later, in bounded steps), readers move over on their next read. Never before the replay
 //!    is complete, so no reader ever sees a partial generation; and since every event the old
