@@ -271,13 +271,16 @@ pub async fn on_user_node(
     if state.is_none() && cmd == UserNodeCommand::Unlock {
         // Two first unlocks at once both find no row: the row is claimed here, and the loser
         // of the race waits for the winner's commit, then sees its row (nothing to change).
+        // No conflict target: the row is unique by `id` and by `(user_id, node_id)`, and a
+        // target naming only one lets the loser fail on the other with a unique violation (a
+        // 409 under load) instead of waiting and doing nothing.
         let claimed = tx
             .execute(
                 &tx.prepare_cached(
                     "INSERT INTO user_nodes (id, user_id, node_id, mastery_score, total_minutes,
                          study_count, is_unlocked, is_collapsed, first_unlocked_at, version)
                      VALUES ($1, $2, $3, 0, 0, 0, false, true, $4, 0)
-                     ON CONFLICT (id) DO NOTHING",
+                     ON CONFLICT DO NOTHING",
                 )
                 .await?,
                 &[&id, &user, &node_id, &ctx.now],
