@@ -4,7 +4,7 @@
 //! append.
 
 use events::{Committed, EventContext, commit};
-use outbox::Transaction;
+use outbox::CommandTx;
 use outbox::tokio_postgres::{GenericClient, Row};
 use service_kit::command::CommandOutcome;
 use uuid::Uuid;
@@ -47,7 +47,7 @@ pub fn from_row(row: &Row) -> Result<Post, PostError> {
 /// # Errors
 /// [`PostError::Store`] when PostgreSQL fails.
 pub async fn create(
-    tx: &Transaction<'_>,
+    tx: &CommandTx<'_>,
     ctx: &EventContext,
     cmd: &CreatePost,
 ) -> Result<CommandOutcome, PostError> {
@@ -97,7 +97,7 @@ pub async fn create(
 /// [`PostError::NotFound`], [`PostError::Forbidden`], [`PostError::VersionMismatch`],
 /// [`PostError::Store`].
 pub async fn execute(
-    tx: &Transaction<'_>,
+    tx: &CommandTx<'_>,
     ctx: &EventContext,
     id: Uuid,
     expected_version: Option<i64>,

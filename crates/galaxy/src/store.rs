@@ -3,7 +3,7 @@
 //! returns the events for the runner to append.
 
 use events::{Committed, EventContext, commit};
-use outbox::Transaction;
+use outbox::CommandTx;
 use outbox::tokio_postgres::{GenericClient, Row};
 use service_kit::command::CommandOutcome;
 use time::OffsetDateTime;
@@ -72,7 +72,7 @@ fn no_state() -> GalaxyError {
     }
 }
 
-async fn node_exists(tx: &Transaction<'_>, id: Uuid) -> Result<bool, GalaxyError> {
+async fn node_exists(tx: &CommandTx<'_>, id: Uuid) -> Result<bool, GalaxyError> {
     // Nodes are never deleted, so existence checked here holds until commit.
     Ok(tx
         .query_opt(
@@ -89,7 +89,7 @@ async fn node_exists(tx: &Transaction<'_>, id: Uuid) -> Result<bool, GalaxyError
 /// # Errors
 /// [`GalaxyError::Invalid`] naming `parent_id` for a missing parent, [`GalaxyError::Store`].
 pub async fn create_node(
-    tx: &Transaction<'_>,
+    tx: &CommandTx<'_>,
     ctx: &EventContext,
     cmd: &CreateNode,
 ) -> Result<CommandOutcome, GalaxyError> {
@@ -151,7 +151,7 @@ pub async fn create_node(
 /// existing node, [`GalaxyError::VersionMismatch`], [`GalaxyError::RelationExists`],
 /// [`GalaxyError::Store`].
 pub async fn create_relation(
-    tx: &Transaction<'_>,
+    tx: &CommandTx<'_>,
     ctx: &EventContext,
     expected_version: Option<i64>,
     cmd: &CreateRelation,
@@ -235,7 +235,7 @@ pub async fn create_relation(
     )
 }
 
-async fn lock_user_node(tx: &Transaction<'_>, id: Uuid) -> Result<Option<UserNode>, GalaxyError> {
+async fn lock_user_node(tx: &CommandTx<'_>, id: Uuid) -> Result<Option<UserNode>, GalaxyError> {
     let row = tx
         .query_opt(
             &tx.prepare_cached(&format!(
@@ -256,7 +256,7 @@ async fn lock_user_node(tx: &Transaction<'_>, id: Uuid) -> Result<Option<UserNod
 /// [`GalaxyError::NotFound`], [`GalaxyError::VersionMismatch`], [`GalaxyError::NotUnlocked`],
 /// [`GalaxyError::Store`].
 pub async fn on_user_node(
-    tx: &Transaction<'_>,
+    tx: &CommandTx<'_>,
     ctx: &EventContext,
     node_id: Uuid,
     expected_version: Option<i64>,

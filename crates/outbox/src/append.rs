@@ -1,6 +1,6 @@
 //! Appending a command's events inside the command's own transaction.
 
-use deadpool_postgres::Transaction;
+use crate::TxClient;
 use events::{EventEnvelope, partition_for};
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -19,7 +19,7 @@ use crate::OutboxError;
 /// [`OutboxError::Conflict`] when `(aggregate_id, aggregate_version)` already exists (a
 /// concurrent writer won), [`OutboxError::Unavailable`] when the connection broke.
 pub async fn append_events(
-    tx: &Transaction<'_>,
+    tx: &impl TxClient,
     events: &[EventEnvelope],
     partitions: u32,
 ) -> Result<(), OutboxError> {

@@ -5,7 +5,7 @@
 //! commits exactly when the command's effects do. A rejected command (4xx) rolls back and
 //! stores nothing, so its retry is evaluated afresh.
 
-use deadpool_postgres::Transaction;
+use crate::TxClient;
 use uuid::Uuid;
 
 use crate::OutboxError;
@@ -41,7 +41,7 @@ pub enum Claim {
 /// # Errors
 /// [`OutboxError`] when PostgreSQL fails.
 pub async fn claim(
-    tx: &Transaction<'_>,
+    tx: &impl TxClient,
     user_id: Uuid,
     key: &str,
     fingerprint: &str,
@@ -82,7 +82,7 @@ pub async fn claim(
 /// # Errors
 /// [`OutboxError`] when PostgreSQL fails.
 pub async fn store(
-    tx: &Transaction<'_>,
+    tx: &impl TxClient,
     user_id: Uuid,
     key: &str,
     fingerprint: &str,

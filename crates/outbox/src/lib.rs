@@ -14,6 +14,7 @@
 
 pub mod append;
 pub mod audit;
+pub mod command_tx;
 pub mod control;
 pub mod error;
 pub mod history;
@@ -29,6 +30,7 @@ pub mod stats;
 pub mod wake;
 
 pub use append::append_events;
+pub use command_tx::{CommandTx, TxClient};
 pub use error::OutboxError;
 pub use pool::{PgSettings, connect};
 

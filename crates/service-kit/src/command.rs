@@ -12,7 +12,7 @@ use actix_web::{FromRequest, HttpRequest, HttpResponse, dev::Payload};
 use events::{ConsistencyToken, EventContext, EventEnvelope};
 use futures::future::{Ready, ready};
 use outbox::idempotency::{self, Claim};
-use outbox::{Pool, Transaction};
+use outbox::{CommandTx, Pool};
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
@@ -269,17 +269,16 @@ impl CommandRunner {
         meta: &CommandMeta,
         user: Uuid,
         body: &[u8],
-        logic: impl AsyncFnOnce(&Transaction<'_>, &EventContext) -> Result<CommandOutcome, E>,
+        logic: impl AsyncFnOnce(&CommandTx<'_>, &EventContext) -> Result<CommandOutcome, E>,
     ) -> Result<HttpResponse, ApiError>
     where
         ApiError: From<E>,
     {
         let ctx = EventContext::new(Some(user), Some(meta.request_id.clone()), self.source);
-        let mut client = self.pool.get().await.map_err(outbox::OutboxError::from)?;
-        let tx = client
-            .transaction()
-            .await
-            .map_err(outbox::OutboxError::from)?;
+        let client = self.pool.get().await.map_err(outbox::OutboxError::from)?;
+        // Begun with its first statement; on any early return it is dropped, which rolls it
+        // back without waiting.
+        let tx = CommandTx::new(&client);
         let fingerprint = meta
             .idempotency_key
             .as_ref()
@@ -303,7 +302,7 @@ impl CommandRunner {
             let stored = json!({"body": body, "location": outcome.created});
             idempotency::store(&tx, user, key, fp, status.as_u16(), &stored).await?;
         }
-        tx.commit().await.map_err(outbox::OutboxError::from)?;
+        tx.commit().await?;
         if !outcome.events.is_empty() {
             self.waker.wake(outbox::wake::partitions_of(
                 &outcome.events,

@@ -3,7 +3,7 @@
 //! events for the runner to append.
 
 use events::EventContext;
-use outbox::Transaction;
+use outbox::CommandTx;
 use outbox::tokio_postgres::Row;
 use service_kit::command::CommandOutcome;
 use uuid::Uuid;
@@ -57,7 +57,7 @@ pub fn from_row(row: &Row) -> Result<Task, TaskError> {
 /// # Errors
 /// [`TaskError::Store`] when PostgreSQL fails.
 pub async fn create(
-    tx: &Transaction<'_>,
+    tx: &CommandTx<'_>,
     ctx: &EventContext,
     cmd: &CreateTask,
 ) -> Result<CommandOutcome, TaskError> {
@@ -107,7 +107,7 @@ pub async fn create(
 /// [`TaskError::NotFound`], [`TaskError::VersionMismatch`], [`TaskError::InvalidTransition`],
 /// [`TaskError::Store`].
 pub async fn execute(
-    tx: &Transaction<'_>,
+    tx: &CommandTx<'_>,
     ctx: &EventContext,
     id: Uuid,
     expected_version: Option<i64>,
