@@ -31,8 +31,8 @@ use projection::{PlanOutcome, Projector, ProjectorSettings, ViewState};
 use streams::bulk::{Run, Written, write_runs};
 use streams::publisher::{self, StreamEntry};
 use streams::{
-    ApplyItem, ApplyOutcome, GenerationGuard, GenerationState, Generations, RedisPools,
-    RedisSettings, Target, redis,
+    ApplyItem, ApplyOutcome, GenerationGuard, GenerationState, Generations, ReadModelKeys,
+    RedisPools, RedisSettings, Target, redis,
 };
 use test_kit::process::Process;
 
@@ -213,31 +213,31 @@ fn generations(pools: &RedisPools, module: &Module) -> Generations {
     )
 }
 
-/// The Redis limit for a replay: the items a rebuild sends (guarded, into a generation being
-/// built), planned in memory beforehand and sent page after page from one connection.
-async fn replay_limit(
+/// What both limits measure with: a generation 2 being built under `prefix`, and every event
+/// of `history` planned into it beforehand (in memory, from nothing).
+struct Planned<'a> {
+    pools: RedisPools,
+    generations: Generations,
+    keys: ReadModelKeys,
+    events: Vec<(&'a EventEnvelope, Vec<streams::Op>)>,
+}
+
+async fn planned<'a>(
     cfg: &Config,
     module: &Module,
-    history: &[EventEnvelope],
+    history: &'a [EventEnvelope],
     prefix: &str,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<Planned<'a>> {
     let pools = RedisPools::connect(&RedisSettings::new(
         cfg.redis_url.clone(),
         prefix.to_owned(),
     ))?;
-    let g = generations(&pools, module);
-    let keys = g.keys_of(2);
+    let generations = generations(&pools, module);
+    let keys = generations.keys_of(2);
     {
         let mut conn = pools.commands.get().await?;
-        g.start_building(&mut *conn, 2).await?;
+        generations.start_building(&mut *conn, 2).await?;
     }
-    let guard = GenerationGuard {
-        key: g.pointer().to_owned(),
-        expected: GenerationState {
-            active: None,
-            building: Some(2),
-        },
-    };
     let refs: Vec<&EventEnvelope> = history.iter().collect();
     let plans = projection::plan(
         (module.projection)().as_ref(),
@@ -246,24 +246,54 @@ async fn replay_limit(
         &HashMap::new(),
         &mut ViewState::default(),
     );
-    let items: Vec<ApplyItem> = history
-        .iter()
-        .zip(plans)
-        .map(|(e, plan)| {
-            let PlanOutcome::Apply(ops) = plan else {
-                anyhow::bail!("the projection refused {}: {plan:?}", e.event_type);
-            };
-            Ok(ApplyItem {
-                targets: vec![Target {
-                    versions_key: keys.versions(),
-                    marker: None,
-                    ops,
-                }],
-                guard: Some(guard.clone()),
-                ..ApplyItem::new(String::new(), e.aggregate_id, e.aggregate_version, vec![])
-            })
+    let mut events = Vec::with_capacity(history.len());
+    for (e, plan) in history.iter().zip(plans) {
+        let PlanOutcome::Apply(ops) = plan else {
+            anyhow::bail!("the projection refused {}: {plan:?}", e.event_type);
+        };
+        events.push((e, ops));
+    }
+    Ok(Planned {
+        pools,
+        generations,
+        keys,
+        events,
+    })
+}
+
+/// The Redis limit for a replay: the items a rebuild sends (guarded, into a generation being
+/// built), planned in memory beforehand and sent page after page from one connection.
+async fn replay_limit(
+    cfg: &Config,
+    module: &Module,
+    history: &[EventEnvelope],
+    prefix: &str,
+) -> anyhow::Result<f64> {
+    let Planned {
+        pools,
+        generations: g,
+        keys,
+        events,
+    } = planned(cfg, module, history, prefix).await?;
+    let guard = GenerationGuard {
+        key: g.pointer().to_owned(),
+        expected: GenerationState {
+            active: None,
+            building: Some(2),
+        },
+    };
+    let items: Vec<ApplyItem> = events
+        .into_iter()
+        .map(|(e, ops)| ApplyItem {
+            targets: vec![Target {
+                versions_key: keys.versions(),
+                marker: None,
+                ops,
+            }],
+            guard: Some(guard.clone()),
+            ..ApplyItem::new(String::new(), e.aggregate_id, e.aggregate_version, vec![])
         })
-        .collect::<anyhow::Result<_>>()?;
+        .collect();
     // Split as the replay splits a page: by aggregate, into lanes applied side by side.
     let started = Instant::now();
     let mut applied = 0;
@@ -308,32 +338,13 @@ async fn runs_limit(
     history: &[EventEnvelope],
     prefix: &str,
 ) -> anyhow::Result<f64> {
-    let pools = RedisPools::connect(&RedisSettings::new(
-        cfg.redis_url.clone(),
-        prefix.to_owned(),
-    ))?;
-    let g = generations(&pools, module);
-    let keys = g.keys_of(2);
-    {
-        let mut conn = pools.commands.get().await?;
-        g.start_building(&mut *conn, 2).await?;
-    }
-    let refs: Vec<&EventEnvelope> = history.iter().collect();
-    let plans = projection::plan(
-        (module.projection)().as_ref(),
-        &keys,
-        &refs,
-        &HashMap::new(),
-        &mut ViewState::default(),
-    );
-    let mut planned = Vec::with_capacity(history.len());
-    for (e, plan) in history.iter().zip(plans) {
-        let PlanOutcome::Apply(ops) = plan else {
-            anyhow::bail!("the projection refused {}: {plan:?}", e.event_type);
-        };
-        planned.push((e, ops));
-    }
-    let pages: Vec<Vec<Vec<Run>>> = planned
+    let Planned {
+        pools,
+        generations: g,
+        keys,
+        events,
+    } = planned(cfg, module, history, prefix).await?;
+    let pages: Vec<Vec<Vec<Run>>> = events
         .chunks(PAGE)
         .map(|page| {
             let mut lanes: Vec<Vec<Run>> = vec![Vec::new(); LANES];

@@ -1,3 +1,4 @@
+-- (Sent after ops.lua, which defines `arity` and `write_op`.)
 -- Applies a batch of items in order; each one is all or nothing.
 -- An item is one event written to one or more generations of a read model (the active one,
 -- and the one a rebuild is building): its targets.
@@ -14,7 +15,6 @@ local APPLIED, DUPLICATE, GAP, FENCED, REFUSED, MOVED, NOT_READY = 1, 0, 2, 3, 4
 -- written); {FENCED, 0} (lease lost); {REFUSED, message} (nothing written, not acked);
 -- {MOVED, 0} (the generations are not those planned for); {NOT_READY, 0} (a target's read
 -- model has no marker: it is gone, or half gone).
-local arity = {SET = 1, DEL = 0, ZADD = 2, ZREM = 1, HINCRBY = 2, HSET = 2, HDEL = 1, ZKEEPHIGHEST = 1}
 -- SET and DEL succeed on a key of any type, so only the others are checked (every call from
 -- Lua costs the script about a microsecond).
 local want = {ZADD = 'zset', ZREM = 'zset', HINCRBY = 'hash', HSET = 'hash', HDEL = 'hash',
@@ -74,18 +74,8 @@ end
 local function write(first, n)
   local i = first
   for _ = 1, n do
-    local op, key = ARGV[i], KEYS[tonumber(ARGV[i + 1])]
-    if op == 'SET' then redis.call('SET', key, ARGV[i + 2])
-    elseif op == 'DEL' then redis.call('DEL', key)
-    elseif op == 'ZADD' then redis.call('ZADD', key, ARGV[i + 2], ARGV[i + 3])
-    elseif op == 'ZREM' then redis.call('ZREM', key, ARGV[i + 2])
-    elseif op == 'HINCRBY' then redis.call('HINCRBY', key, ARGV[i + 2], ARGV[i + 3])
-    elseif op == 'HSET' then redis.call('HSET', key, ARGV[i + 2], ARGV[i + 3])
-    elseif op == 'HDEL' then redis.call('HDEL', key, ARGV[i + 2])
-    -- Keep the N members of highest score: drop ranks 0 .. -(N + 1).
-    elseif op == 'ZKEEPHIGHEST' then
-      redis.call('ZREMRANGEBYRANK', key, 0, -(tonumber(ARGV[i + 2]) + 1))
-    end
+    local op = ARGV[i]
+    write_op(op, KEYS[tonumber(ARGV[i + 1])], i + 2)
     i = i + 2 + arity[op]
   end
 end

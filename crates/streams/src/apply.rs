@@ -166,8 +166,9 @@ pub enum ApplyOutcome {
 /// short, as Redis serves nobody else while a script runs.
 const ITEMS_PER_CALL: usize = 128;
 
-/// The apply script. Its reply codes are named alike on both sides ([`reply`]).
-const SCRIPT: &str = include_str!("apply.lua");
+/// The operations' chunk both scripts start with (`ops.lua`): one place says how an
+/// operation is written.
+pub(crate) const OPS: &str = include_str!("ops.lua");
 
 /// The script's reply codes: `{code, value}` per item.
 mod reply {
@@ -180,7 +181,9 @@ mod reply {
     pub(super) const NOT_READY: i64 = 6;
 }
 
-static APPLY_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(SCRIPT));
+/// The apply script (after [`OPS`]). Its reply codes are named alike on both sides ([`reply`]).
+static APPLY_SCRIPT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(&format!("{OPS}{}", include_str!("apply.lua"))));
 
 /// An operation's script name and its arguments after the key (shared with [`crate::bulk`]).
 pub(crate) fn op_args(op: &Op) -> (&'static str, Vec<String>) {

@@ -1,3 +1,4 @@
+-- (Sent after ops.lua, which defines `arity` and `write_op`.)
 -- Writes runs of a generation being built, each run one aggregate's events folded together,
 -- guarded by the aggregate's applied version only: no per-key type checks, no marker, no
 -- lease, no acknowledgement (see bulk.rs for why that is safe there and only there).
@@ -9,7 +10,6 @@
 -- one flag per run: 1 written, 0 its applied version was not the one planned from (nothing of
 -- it written).
 if redis.call('HGET', KEYS[1], 'building') ~= ARGV[1] then return -1 end
-local arity = {SET = 1, DEL = 0, ZADD = 2, ZREM = 1, HINCRBY = 2, HSET = 2, HDEL = 1, ZKEEPHIGHEST = 1}
 local runs = tonumber(ARGV[2])
 -- Every run's applied version in one read, every new one in one write: two calls per call
 -- instead of two per run (each call from Lua costs about a microsecond).
@@ -34,18 +34,7 @@ for r = 1, runs do
   out[r] = take and 1 or 0
   for _ = 1, n do
     local op, key = ARGV[i], KEYS[k]
-    if take then
-      if op == 'SET' then redis.call('SET', key, ARGV[i + 1])
-      elseif op == 'DEL' then redis.call('DEL', key)
-      elseif op == 'ZADD' then redis.call('ZADD', key, ARGV[i + 1], ARGV[i + 2])
-      elseif op == 'ZREM' then redis.call('ZREM', key, ARGV[i + 1])
-      elseif op == 'HINCRBY' then redis.call('HINCRBY', key, ARGV[i + 1], ARGV[i + 2])
-      elseif op == 'HSET' then redis.call('HSET', key, ARGV[i + 1], ARGV[i + 2])
-      elseif op == 'HDEL' then redis.call('HDEL', key, ARGV[i + 1])
-      elseif op == 'ZKEEPHIGHEST' then
-        redis.call('ZREMRANGEBYRANK', key, 0, -(tonumber(ARGV[i + 1]) + 1))
-      end
-    end
+    if take then write_op(op, key, i + 1) end
     i, k = i + 1 + arity[op], k + 1
   end
   if take then

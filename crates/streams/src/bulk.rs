@@ -27,7 +27,7 @@ use deadpool_redis::redis::{self, Script, Value};
 use uuid::Uuid;
 
 use crate::StreamError;
-use crate::apply::{Op, op_args};
+use crate::apply::{OPS, Op, op_args};
 
 /// One aggregate's events of a share, folded into one write.
 #[derive(Debug, Clone, PartialEq)]
@@ -83,7 +83,8 @@ pub enum Written {
 
 /// The script, and the operations per call: a call runs alone in Redis, so it is kept short
 /// (a few milliseconds).
-static BULK_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("bulk.lua")));
+static BULK_SCRIPT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(&format!("{OPS}{}", include_str!("bulk.lua"))));
 const OPS_PER_CALL: usize = 2000;
 /// Runs per call: their versions are read and written with one command each, whose arguments
 /// Lua's stack must hold (8,000 at most).

@@ -454,17 +454,20 @@ async fn a_second_live_process_under_one_name_is_refused_and_a_restart_is_not() 
     restarted.ensure_sole_replica().await.expect("a restart");
 }
 
-/// [`Logging`], counting every apply in `applies` (a write that is not idempotent, like a
-/// stats counter); once `armed`, planning `race`'s version 1 in the generation being built
-/// also does what a live apply landing right then would: it writes that version there.
-struct Racing {
+/// [`Logging`], with `tweak` run on each event's writes: the faults the fast path of a rebuild
+/// must survive.
+struct Tweaked<F> {
     inner: Logging,
-    race: Uuid,
-    armed: Arc<AtomicBool>,
-    url: String,
+    tweak: F,
 }
 
-impl projection::Projection for Racing {
+impl<F> projection::Projection for Tweaked<F>
+where
+    F: Fn(&events::EventEnvelope, &streams::ReadModelKeys, &mut Vec<streams::Op>)
+        + Send
+        + Sync
+        + 'static,
+{
     fn module(&self) -> &'static events::ModuleSpec {
         self.inner.module()
     }
@@ -478,41 +481,30 @@ impl projection::Projection for Racing {
         keys: &streams::ReadModelKeys,
     ) -> Result<Vec<streams::Op>, projection::ProjectionError> {
         let mut ops = self.inner.apply(e, s, keys)?;
-        let count = |key: String| streams::Op::HIncrBy {
-            key,
-            field: e.aggregate_id.to_string(),
-            delta: 1,
-        };
-        if e.aggregate_id == self.race
-            && e.aggregate_version == 1
-            && self.armed.swap(false, Ordering::SeqCst)
-        {
-            // A test double of the live path, between the fast path's read and its write: a
-            // blocking client, so the write has landed when planning goes on.
-            let mut c = redis::Client::open(self.url.as_str())
-                .and_then(|c| c.get_connection())
-                .expect("a blocking connection");
-            let () = redis::pipe()
-                .cmd("HSET")
-                .arg(keys.versions())
-                .arg(e.aggregate_id.to_string())
-                .arg(1)
-                .ignore()
-                .cmd("SET")
-                .arg(keys.key(&format!("log:{}", e.aggregate_id)))
-                .arg("1")
-                .ignore()
-                .cmd("HINCRBY")
-                .arg(keys.key("applies"))
-                .arg(e.aggregate_id.to_string())
-                .arg(1)
-                .ignore()
-                .query(&mut c)
-                .expect("the live apply");
-        }
-        ops.push(count(keys.key("applies")));
+        (self.tweak)(e, keys, &mut ops);
         Ok(ops)
     }
+}
+
+/// A replica of `f`'s projection, tweaked.
+fn tweaked<F>(f: &Fixture, db: &TestDb, tweak: F) -> Projector
+where
+    F: Fn(&events::EventEnvelope, &streams::ReadModelKeys, &mut Vec<streams::Op>)
+        + Send
+        + Sync
+        + 'static,
+{
+    Projector::new(
+        f.redis.pools.clone(),
+        Some(db.pool.clone()),
+        Arc::new(Tweaked {
+            inner: Logging {
+                broken: f.broken.clone(),
+            },
+            tweak,
+        }),
+        settings("r2", f.partitions),
+    )
 }
 
 #[tokio::test]
@@ -521,19 +513,48 @@ async fn a_live_apply_landing_between_a_rebuilds_read_and_write_is_not_applied_t
     let (db, f) = built(1, &lives(&ids, 1..=3)).await;
     let armed = Arc::new(AtomicBool::new(true));
     let race = ids[17];
-    let racing = Projector::new(
-        f.redis.pools.clone(),
-        Some(db.pool.clone()),
-        Arc::new(Racing {
-            inner: Logging {
-                broken: f.broken.clone(),
-            },
-            race,
-            armed: armed.clone(),
-            url: f.redis.settings.url.clone(),
-        }),
-        settings("r2", 1),
-    );
+    let url = f.redis.settings.url.clone();
+    // Every apply is counted in `applies` (a write that is not idempotent, like a stats
+    // counter); and once, planning `race`'s version 1 in the generation being built also does
+    // what a live apply landing right then would: it writes that version there.
+    let racing = tweaked(&f, &db, {
+        let armed = armed.clone();
+        move |e, keys, ops| {
+            let applies = keys.key("applies");
+            if e.aggregate_id == race
+                && e.aggregate_version == 1
+                && armed.swap(false, Ordering::SeqCst)
+            {
+                // A test double of the live path, between the fast path's read and its write:
+                // a blocking client, so the write has landed when planning goes on.
+                let mut c = redis::Client::open(url.as_str())
+                    .and_then(|c| c.get_connection())
+                    .expect("a blocking connection");
+                let () = redis::pipe()
+                    .cmd("HSET")
+                    .arg(keys.versions())
+                    .arg(race.to_string())
+                    .arg(1)
+                    .ignore()
+                    .cmd("SET")
+                    .arg(keys.key(&format!("log:{race}")))
+                    .arg("1")
+                    .ignore()
+                    .cmd("HINCRBY")
+                    .arg(&applies)
+                    .arg(race.to_string())
+                    .arg(1)
+                    .ignore()
+                    .query(&mut c)
+                    .expect("the live apply");
+            }
+            ops.push(streams::Op::HIncrBy {
+                key: applies,
+                field: e.aggregate_id.to_string(),
+                delta: 1,
+            });
+        }
+    });
     operator_rebuild(&db).await;
     let outcome = racing.rebuild("operator").await.expect("rebuild");
     assert!(
@@ -561,54 +582,22 @@ async fn a_live_apply_landing_between_a_rebuilds_read_and_write_is_not_applied_t
     }
 }
 
-/// [`Logging`], except that `clash`'s version 2 also counts in its log key, a string: projection
-/// code using one key as two types, which only Redis can catch.
-struct Clashing {
-    inner: Logging,
-    clash: Uuid,
-}
-
-impl projection::Projection for Clashing {
-    fn module(&self) -> &'static events::ModuleSpec {
-        self.inner.module()
-    }
-    fn reads(&self, e: &events::EventEnvelope, keys: &streams::ReadModelKeys) -> Vec<String> {
-        self.inner.reads(e, keys)
-    }
-    fn apply(
-        &self,
-        e: &events::EventEnvelope,
-        s: &projection::ViewState,
-        keys: &streams::ReadModelKeys,
-    ) -> Result<Vec<streams::Op>, projection::ProjectionError> {
-        let mut ops = self.inner.apply(e, s, keys)?;
-        if e.aggregate_id == self.clash && e.aggregate_version == 2 {
-            ops.push(streams::Op::HIncrBy {
-                key: keys.key(&format!("log:{}", e.aggregate_id)),
-                field: "n".into(),
-                delta: 1,
-            });
-        }
-        Ok(ops)
-    }
-}
-
 #[tokio::test]
 async fn a_fast_rebuild_write_that_fails_half_way_starts_over_the_careful_way() {
     let ids: Vec<Uuid> = (0..50).map(|_| Uuid::now_v7()).collect();
     let (db, f) = built(1, &lives(&ids, 1..=3)).await;
     let clash = ids[7];
-    let clashing = Projector::new(
-        f.redis.pools.clone(),
-        Some(db.pool.clone()),
-        Arc::new(Clashing {
-            inner: Logging {
-                broken: f.broken.clone(),
-            },
-            clash,
-        }),
-        settings("r2", 1),
-    );
+    // `clash`'s version 2 also counts in its log key, a string: projection code using one key
+    // as two types, which only Redis can catch.
+    let clashing = tweaked(&f, &db, move |e, keys, ops| {
+        if e.aggregate_id == clash && e.aggregate_version == 2 {
+            ops.push(streams::Op::HIncrBy {
+                key: keys.key(&format!("log:{clash}")),
+                field: "n".into(),
+                delta: 1,
+            });
+        }
+    });
     operator_rebuild(&db).await;
     let first = clashing.rebuild("operator").await;
     assert!(
