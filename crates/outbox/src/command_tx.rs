@@ -82,18 +82,6 @@ impl<'a> CommandTx<'a> {
         self.within(self.client.execute(statement, params)).await
     }
 
-    /// Runs `statement`; returns its rows.
-    ///
-    /// # Errors
-    /// When PostgreSQL fails.
-    pub async fn query(
-        &self,
-        statement: &Statement,
-        params: &[&(dyn ToSql + Sync)],
-    ) -> Result<Vec<Row>, Error> {
-        self.within(self.client.query(statement, params)).await
-    }
-
     /// Runs `statement`; returns its row, if any.
     ///
     /// # Errors
