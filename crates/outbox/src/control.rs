@@ -212,6 +212,60 @@ impl ControlStore {
             }))
     }
 
+    /// Asks for a rebuild of `projection` because of `reason` (a loss only one replica saw).
+    /// Kept until a rebuild that started after this call switches ([`Self::answer_rebuild`]).
+    ///
+    /// # Errors
+    /// [`OutboxError`] when PostgreSQL fails.
+    pub async fn request_rebuild(&self, projection: &str, reason: &str) -> Result<(), OutboxError> {
+        let client = self.pool.get().await?;
+        client
+            .execute(
+                "UPDATE projections SET rebuild_requested = $2, rebuild_requested_at = now()
+                 WHERE name = $1",
+                &[&projection, &reason],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// The reason of `projection`'s pending rebuild request, if any.
+    ///
+    /// # Errors
+    /// [`OutboxError`] when PostgreSQL fails.
+    pub async fn rebuild_requested(&self, projection: &str) -> Result<Option<String>, OutboxError> {
+        let client = self.pool.get().await?;
+        Ok(client
+            .query_opt(
+                "SELECT rebuild_requested FROM projections WHERE name = $1",
+                &[&projection],
+            )
+            .await?
+            .and_then(|r| r.get(0)))
+    }
+
+    /// Settles `projection`'s rebuild request if it was made before `started` (when the
+    /// rebuild that just switched began: its snapshot holds whatever that loss took). A
+    /// request made since stays, for the next rebuild. Returns whether one was settled.
+    ///
+    /// # Errors
+    /// [`OutboxError`] when PostgreSQL fails.
+    pub async fn answer_rebuild(
+        &self,
+        projection: &str,
+        started: OffsetDateTime,
+    ) -> Result<bool, OutboxError> {
+        let client = self.pool.get().await?;
+        Ok(client
+            .execute(
+                "UPDATE projections SET rebuild_requested = NULL, rebuild_requested_at = NULL
+                 WHERE name = $1 AND rebuild_requested_at < $2",
+                &[&projection, &started],
+            )
+            .await?
+            > 0)
+    }
+
     /// What `projection`'s workers must do now: paused while the operators want it paused or
     /// a hold is in force; running otherwise (and when it has no row).
     ///

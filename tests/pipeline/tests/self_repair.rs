@@ -122,6 +122,87 @@ async fn a_rollback_to_an_older_snapshot_is_repaired_with_no_dead_letter() {
 }
 
 #[tokio::test]
+async fn streams_lost_with_entries_nobody_applied_are_repaired_with_no_dead_letter() {
+    let redis_server = PrivateRedis::start(false).await;
+    let users: Vec<Uuid> = (0..10).map(|_| Uuid::now_v7()).collect();
+    let options = Options {
+        partitions: 2,
+        projectors: 2,
+        redis_url: Some(redis_server.url()),
+        ..Options::default()
+    };
+    let mut p = Pipeline::start(&users, options).await;
+    p.random_commands(&users, 10, 5).await;
+    p.wait_idle(Duration::from_secs(30), "idle before the projectors stop")
+        .await;
+    // The projectors are down (a deploy, a crash loop) while commands go on: the relay
+    // publishes them and deletes their outbox rows, so the streams alone hold them.
+    let projectors = p.named("projector-worker");
+    for name in &projectors {
+        let status = p
+            .services
+            .get_mut(name)
+            .expect("projector")
+            .terminate(Duration::from_secs(15))
+            .await;
+        assert!(status.success(), "{name} stopped: {status}");
+    }
+    let unapplied = p.random_commands(&users, 20, 6).await;
+    let c = p.db.pool.get().await.expect("pg");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let outbox: i64 = c
+            .query_one("SELECT count(*) FROM outbox", &[])
+            .await
+            .expect("outbox")
+            .get(0);
+        if outbox == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the relay published everything");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(c);
+    // Redis loses the streams (and nothing else): the canary, the markers and the read models
+    // stay, so only the missing groups can tell.
+    let pools = p.redis_pools();
+    let mut conn = connection(&redis_server.url()).await;
+    let mut lost = 0usize;
+    for spec in modules::specs() {
+        for stream in pools.keys.routing(2).streams(spec.name) {
+            let n: usize = redis::cmd("XLEN")
+                .arg(&stream)
+                .query_async(&mut conn)
+                .await
+                .expect("xlen");
+            lost += n;
+            let _: usize = redis::cmd("DEL")
+                .arg(&stream)
+                .query_async(&mut conn)
+                .await
+                .expect("del");
+        }
+    }
+    eprintln!("streams lost: {lost} entries, {unapplied:?} commands nobody applied");
+    assert!(lost > 0, "the streams held entries");
+    for name in &projectors {
+        let svc = p.services.get_mut(name).expect("projector");
+        svc.restart();
+        svc.wait_ready(Duration::from_secs(30)).await;
+    }
+    converged(&p, &users, "after the streams were lost").await;
+    let logs: String = projectors
+        .iter()
+        .map(|n| p.services[n].log_text())
+        .collect();
+    assert!(
+        logs.contains("a stream was lost"),
+        "a projector noticed:\n{logs}"
+    );
+    p.stop_all().await;
+}
+
+#[tokio::test]
 async fn keys_deleted_one_by_one_while_relays_and_projectors_crash_converge_with_no_operator() {
     let commands = env_usize("CHAOS_REPAIR_COMMANDS", 1500);
     let redis_server = PrivateRedis::start(false).await;

@@ -66,13 +66,16 @@ impl Projector {
                 Ok(CanaryCheck::Healthy)
             }
             None => {
-                // Redis lost the canary: everything, or a part of it. With nothing served the
-                // first start's path rebuilds; a read model still served may be missing any of
-                // its keys, so it is rebuilt beside (zero downtime).
-                if self.generation_state().active.is_some() {
-                    self.lock()
-                        .rebuild_due
-                        .get_or_insert_with(|| "the canary is gone: Redis lost data".into());
+                // Redis lost the canary: everything, or a part of it. With nothing served or
+                // built the first start's path rebuilds; a read model still served (or being
+                // built) may be missing any of its keys, so it is rebuilt beside (zero
+                // downtime). The request is kept in PostgreSQL: the canary is recreated below,
+                // and nothing would show the loss again were this replica to die now.
+                let state = self.generation_state();
+                if state.active.is_some() || state.building.is_some() {
+                    control
+                        .request_rebuild(name, "the canary is gone: Redis lost data")
+                        .await?;
                 }
                 read_model::advance_canary(&mut conn, &key, None, recorded.epoch, now_ms()).await?;
                 Ok(CanaryCheck::Lost)

@@ -7,7 +7,7 @@ use std::time::Duration;
 use outbox::control::{ControlStore, Heartbeat};
 use streams::{StreamError, consumer};
 
-use super::{Projector, Status};
+use super::{Projector, ReplayError, Status};
 use crate::metrics as m;
 
 /// Keys deleted per step of a retired generation's deletion: bounded, so Redis serves others
@@ -32,17 +32,52 @@ pub struct DuplicateReplica {
 }
 
 impl Projector {
-    /// Creates the consumer group on every partition stream (idempotent).
+    /// Creates the consumer group on every partition stream (idempotent). A group created
+    /// while a read model exists means Redis lost the stream: see [`Self::groups_created`].
     ///
     /// # Errors
-    /// [`StreamError`] when Redis fails.
-    pub async fn ensure_groups(&self) -> Result<(), StreamError> {
-        let mut conn = self.redis.commands.get().await?;
-        for stream in self.routing.streams(self.projection.module().name) {
-            if consumer::ensure_group(&mut conn, &stream, &self.group).await? {
-                tracing::info!(stream = %stream, group = %self.group, "consumer group created");
+    /// [`ReplayError`] when Redis or PostgreSQL fails.
+    pub async fn ensure_groups(&self) -> Result<(), ReplayError> {
+        let mut created = vec![];
+        {
+            let mut conn = self.redis.commands.get().await.map_err(StreamError::from)?;
+            for stream in self.routing.streams(self.projection.module().name) {
+                if consumer::ensure_group(&mut conn, &stream, &self.group).await? {
+                    tracing::info!(stream = %stream, group = %self.group, "consumer group created");
+                    created.push(stream);
+                }
             }
         }
+        self.groups_created(&created).await
+    }
+
+    /// The groups on `streams` had to be created. With a read model served or being built,
+    /// that means Redis lost those streams, and with them the entries nobody had applied yet
+    /// (their outbox rows are gone): nothing else tells, as no later entry of those
+    /// aggregates may come to show a gap. So a rebuild is requested, in PostgreSQL, where the
+    /// request outlives this replica (the group it recreated no longer shows the loss). At a
+    /// first start (no generation yet) the first build answers instead.
+    async fn groups_created(&self, streams: &[String]) -> Result<(), ReplayError> {
+        let Some(pool) = &self.pg else {
+            return Ok(());
+        };
+        if streams.is_empty() {
+            return Ok(());
+        }
+        self.refresh_generations().await?;
+        let state = self.generation_state();
+        if state.active.is_none() && state.building.is_none() {
+            return Ok(());
+        }
+        let reason = format!(
+            "Redis lost {}: entries not yet applied went with it",
+            streams.join(", ")
+        );
+        tracing::warn!(projection = self.projection_name(), reason = %reason,
+            "a stream was lost; rebuilding the read model from event_store (the served generation serves meanwhile)");
+        ControlStore::new(pool.clone())
+            .request_rebuild(self.projection_name(), &reason)
+            .await?;
         Ok(())
     }
 
@@ -50,10 +85,10 @@ impl Projector {
     /// partition newly acquired, and applies them. Returns the partitions held.
     ///
     /// # Errors
-    /// [`StreamError`] when Redis fails.
-    pub async fn tick_leases(&self) -> Result<Vec<u32>, StreamError> {
+    /// [`ReplayError`] when Redis (or PostgreSQL, for a lost stream) fails.
+    pub async fn tick_leases(&self) -> Result<Vec<u32>, ReplayError> {
         let held = {
-            let mut conn = self.redis.commands.get().await?;
+            let mut conn = self.redis.commands.get().await.map_err(StreamError::from)?;
             self.leases.tick(&mut conn).await?
         };
         let previous = std::mem::replace(&mut self.lock().held, held.partitions.clone());
@@ -64,11 +99,17 @@ impl Projector {
             .set(held.partitions.len() as f64);
         for p in held.partitions.iter().filter(|p| !previous.contains(p)) {
             let stream = self.stream(*p);
-            let claimed = {
-                let mut conn = self.redis.commands.get().await?;
-                consumer::ensure_group(&mut conn, &stream, &self.group).await?;
-                consumer::claim_all(&mut conn, &stream, &self.group, &self.settings.replica).await?
+            let (created, claimed) = {
+                let mut conn = self.redis.commands.get().await.map_err(StreamError::from)?;
+                let created = consumer::ensure_group(&mut conn, &stream, &self.group).await?;
+                let claimed =
+                    consumer::claim_all(&mut conn, &stream, &self.group, &self.settings.replica)
+                        .await?;
+                (created, claimed)
             };
+            if created {
+                self.groups_created(std::slice::from_ref(&stream)).await?;
+            }
             if !claimed.is_empty() {
                 tracing::info!(
                     projection = self.projection_name(),

@@ -166,7 +166,15 @@ impl Projector {
             }
         };
         let due = self.lock().rebuild_due.take();
-        Ok(reason.or(due))
+        let requested = match (&reason, &due) {
+            (None, None) => {
+                ControlStore::new(pool.clone())
+                    .rebuild_requested(self.projection_name())
+                    .await?
+            }
+            _ => None,
+        };
+        Ok(reason.or(due).or(requested))
     }
 
     /// Starts (or resumes) the rebuild operation of this projection and runs it to the end
@@ -395,9 +403,11 @@ impl Projector {
                 .map_err(StreamError::from)?;
         }
         self.refresh_generations().await?;
-        ControlStore::new(pool.clone())
-            .set_generation(name, b)
-            .await?;
+        let control = ControlStore::new(pool.clone());
+        control.set_generation(name, b).await?;
+        // A loss reported before this operation started is in its snapshot; one reported
+        // since may have taken events committed after it, so its request stays for the next.
+        control.answer_rebuild(name, op.started_at).await?;
         store.finish(op.id, None).await?;
         // Versions were rebuilt: whatever was failing here is settled or will be re-judged
         // against the new read model.

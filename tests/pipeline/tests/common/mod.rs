@@ -291,6 +291,23 @@ impl Pipeline {
             Ok(_) => {}
             Err(e) => return Some(format!("outbox: {e}")),
         }
+        // A rebuild asked for (a loss one replica saw) and not answered yet.
+        match c
+            .query_opt(
+                "SELECT string_agg(name || ': ' || rebuild_requested, '; ') FROM projections
+                 WHERE rebuild_requested IS NOT NULL",
+                &[],
+            )
+            .await
+        {
+            Ok(Some(row)) => {
+                if let Some(requested) = row.get::<_, Option<String>>(0) {
+                    return Some(format!("rebuild requested: {requested}"));
+                }
+            }
+            Ok(None) => {}
+            Err(e) => return Some(format!("projections: {e}")),
+        }
         let pools = self.redis_pools();
         let mut conn = match pools.commands.get().await {
             Ok(c) => c,
