@@ -8,12 +8,18 @@
 //! afterwards, on a transaction of its own that does not wait for the WAL flush under the
 //! lock ([`notify`]).
 //!
+//! command-api sends its wake-ups through Redis (`streams::wake`, with
+//! [`Waker::start_with`]): a `PUBLISH` costs Redis a few µs, where a notifying transaction
+//! costs PostgreSQL 90–140 µs. [`notify`] and [`Waker::start`] remain for writers without
+//! Redis; the relay listens on both.
+//!
 //! A wake-up can be lost (the process dies between commit and notify, the notifying
 //! connection fails): the relay's poll finds those rows. Latency is one extra round trip on
 //! the notifying side; while one notification is in flight, the commits meanwhile pile up
 //! and go out as the next one.
 
 use std::collections::BTreeSet;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 
 use events::{EventEnvelope, partition_for};
@@ -64,8 +70,8 @@ pub async fn notify(
     Ok(())
 }
 
-/// Coalesces the wake-ups of many commits into few notifications, sent by a task of its own
-/// on a pooled connection. Cheap to clone; the task ends with the last clone.
+/// Coalesces the wake-ups of many commits into few notifications, sent by a task of its own.
+/// Cheap to clone; the task ends with the last clone.
 #[derive(Debug, Clone)]
 pub struct Waker {
     pending: Arc<Mutex<BTreeSet<i32>>>,
@@ -73,9 +79,29 @@ pub struct Waker {
 }
 
 impl Waker {
-    /// Starts the notifying task on the current tokio runtime.
+    /// Starts a notifying task on the current tokio runtime that notifies through PostgreSQL
+    /// ([`notify`], on a connection of `pool`).
     #[must_use]
     pub fn start(pool: Pool) -> Self {
+        Self::start_with(move |partitions| {
+            let pool = pool.clone();
+            async move {
+                let client = pool.get().await.map_err(OutboxError::from)?;
+                notify(&client, &partitions).await
+            }
+        })
+    }
+
+    /// Starts a notifying task on the current tokio runtime that hands each coalesced set of
+    /// partitions to `send` (one call at a time). A failed send is logged at debug: the
+    /// relay's poll finds the rows.
+    #[must_use]
+    pub fn start_with<F, Fut, E>(send: F) -> Self
+    where
+        F: Fn(BTreeSet<i32>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<(), E>> + Send,
+        E: std::fmt::Display,
+    {
         let pending = Arc::new(Mutex::new(BTreeSet::new()));
         // One slot: a kick already waiting covers every commit until the task takes the set.
         let (kick, mut kicks) = mpsc::channel::<()>(1);
@@ -83,11 +109,7 @@ impl Waker {
         tokio::spawn(async move {
             while kicks.recv().await.is_some() {
                 let partitions = std::mem::take(&mut *lock(&taken));
-                let sent = match pool.get().await {
-                    Ok(client) => notify(&client, &partitions).await,
-                    Err(e) => Err(e.into()),
-                };
-                if let Err(e) = sent {
+                if let Err(e) = send(partitions).await {
                     tracing::debug!(error = %e, "cannot wake the relay; its poll will find the rows");
                 }
             }

@@ -228,6 +228,21 @@ pub fn if_match(req: &HttpRequest) -> Result<Option<i64>, ApiError> {
         .ok_or_else(|| ApiError::validation("If-Match", "If-Match must be a version like \"3\""))
 }
 
+/// A waker that tells the relays of `redis`'s deployment about new outbox rows with a Redis
+/// `PUBLISH` ([`streams::wake`]: a few µs of Redis instead of a PostgreSQL transaction per
+/// burst of commits), on this thread's multiplexed connection. Start it on the thread whose
+/// requests use it (its task runs on the current tokio runtime).
+#[must_use]
+pub fn redis_waker(redis: streams::RedisPools) -> outbox::wake::Waker {
+    outbox::wake::Waker::start_with(move |partitions| {
+        let redis = redis.clone();
+        async move {
+            let mut conn = redis.shared.get()?;
+            streams::wake::publish(&mut conn, &redis.keys, &partitions).await
+        }
+    })
+}
+
 /// Runs commands in their transaction.
 #[derive(Debug, Clone)]
 pub struct CommandRunner {
@@ -239,12 +254,17 @@ pub struct CommandRunner {
 
 impl CommandRunner {
     /// A runner writing through `pool`, routing events over `partitions` partitions, stamping
-    /// events with `source`, and waking the relay after each commit that wrote events (the
-    /// notifying task starts on the current tokio runtime).
+    /// events with `source`, and waking the relay through `waker` after each commit that
+    /// wrote events ([`redis_waker`], or [`outbox::wake::Waker::start`] without Redis).
     #[must_use]
-    pub fn new(pool: Pool, partitions: u32, source: &'static str) -> Self {
+    pub fn new(
+        pool: Pool,
+        partitions: u32,
+        source: &'static str,
+        waker: outbox::wake::Waker,
+    ) -> Self {
         Self {
-            waker: outbox::wake::Waker::start(pool.clone()),
+            waker,
             pool,
             partitions,
             source,

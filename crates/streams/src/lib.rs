@@ -16,10 +16,12 @@ pub mod keys;
 pub mod lease;
 pub mod pool;
 pub mod publisher;
+pub mod pubsub;
 pub mod read_model;
 pub mod retention;
 pub mod snapshot;
 pub mod visibility;
+pub mod wake;
 
 pub use apply::{ApplyItem, ApplyOutcome, Op, Target, apply_batch};
 pub use error::StreamError;

@@ -13,7 +13,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use deadpool_redis::redis;
-use futures::StreamExt as _;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
@@ -176,44 +175,30 @@ impl AppliedWatch {
 }
 
 async fn subscribe(client: redis::Client, channel: String, inner: Arc<Inner>) {
-    let mut backoff = resilience::Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-    let mut outage = resilience::Outage::new("redis", "visibility-watch");
-    loop {
-        let connected = async {
-            let mut pubsub = client.get_async_pubsub().await?;
-            pubsub.subscribe(&channel).await?;
-            Ok::<_, redis::RedisError>(pubsub)
-        }
-        .await;
-        match connected {
-            Ok(pubsub) => {
-                outage.succeeded();
-                backoff.reset();
-                inner.live.store(true, Ordering::Release);
-                let mut messages = pubsub.into_on_message();
-                let mut prune = tokio::time::interval(Duration::from_secs(10));
-                loop {
-                    tokio::select! {
-                        msg = messages.next() => {
-                            let Some(msg) = msg else { break };
-                            if let Ok(payload) = msg.get_payload::<String>() {
-                                for (id, version) in parse(&payload) {
-                                    inner.wake(id, version);
-                                }
-                            }
-                        }
-                        _ = prune.tick() => inner.prune(),
-                    }
-                }
-                // The connection ended: readers poll until it is back, and nobody waits for
-                // what this subscription would have announced.
-                inner.live.store(false, Ordering::Release);
+    let follow = crate::pubsub::follow(
+        client,
+        channel,
+        "visibility-watch",
+        |up| {
+            inner.live.store(up, Ordering::Release);
+            if !up {
+                // Readers poll until it is back, and nobody waits for what this
+                // subscription would have announced.
                 inner.prune();
             }
-            Err(e) => {
-                outage.failed(&e);
+        },
+        |payload| {
+            for (id, version) in parse(payload) {
+                inner.wake(id, version);
             }
+        },
+    );
+    let prune = async {
+        let mut every = tokio::time::interval(Duration::from_secs(10));
+        loop {
+            every.tick().await;
+            inner.prune();
         }
-        tokio::time::sleep(backoff.next_delay_jittered()).await;
-    }
+    };
+    tokio::join!(follow, prune);
 }

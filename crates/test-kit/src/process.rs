@@ -364,6 +364,43 @@ pub fn cpu_time(pid: u32) -> Duration {
         .unwrap_or_default()
 }
 
+/// CPU time used so far by the processes named `name`, with that of their children which
+/// exited and were waited for (fields 16 and 17 of `/proc/<pid>/stat`): PostgreSQL's backends
+/// end with their connection, and their CPU then shows only in the postmaster's count.
+#[must_use]
+pub fn cpu_with_reaped(name: &str) -> Duration {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Duration::ZERO;
+    };
+    let mut ticks = 0u64;
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some((comm, rest)) = stat
+            .split_once('(')
+            .and_then(|(_, rest)| rest.rsplit_once(')'))
+        else {
+            continue;
+        };
+        if comm != name {
+            continue;
+        }
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        ticks += (11..=14)
+            .filter_map(|i| f.get(i)?.parse::<u64>().ok())
+            .sum::<u64>();
+    }
+    Duration::from_millis(ticks * 10)
+}
+
 /// CPU time used so far by every process on the machine, summed by command name (as
 /// `/proc/<pid>/stat` gives it, at most 15 characters): where the cores went in a run.
 #[must_use]

@@ -12,7 +12,9 @@ use service_kit::http::Routes;
 use service_kit::http::api::{ApiInfo, BEARER, jwt_bearer};
 use service_kit::http::auth::JwtKeys;
 use service_kit::http::server::ServerOptions;
-use service_kit::settings::{JwtArgs, PostgresArgs, ShutdownArgs, StreamArgs, TelemetryArgs};
+use service_kit::settings::{
+    JwtArgs, PostgresArgs, RedisArgs, ShutdownArgs, StreamArgs, TelemetryArgs,
+};
 use service_kit::startup::{ApiCommand, App, HttpService, connect_postgres};
 use tokio_util::sync::CancellationToken;
 
@@ -39,6 +41,10 @@ pub struct Settings {
     pub postgres: PostgresArgs,
     #[command(flatten)]
     pub streams: StreamArgs,
+    /// Where the relays are woken after a commit (commands themselves never need Redis: while
+    /// it is down they commit, and the relay's poll finds their rows).
+    #[command(flatten)]
+    pub redis: RedisArgs,
     #[command(flatten)]
     pub jwt: JwtArgs,
     #[command(flatten)]
@@ -83,6 +89,7 @@ impl Application {
             .map(|_| outbox::connect(&per_worker))
             .collect::<Result<Vec<_>, _>>()?;
         let spare = std::sync::Mutex::new(spare);
+        let redis = streams::RedisPools::connect(&settings.redis.redis_settings())?;
         let (shared, partitions) = (pool.clone(), settings.streams.stream_partitions);
         let jwt = web::Data::new(JwtKeys::new(&settings.jwt.jwt_secret));
         let health = Health::new("command-api").with_postgres(pool.clone());
@@ -99,7 +106,8 @@ impl Application {
                     .ok()
                     .and_then(|mut s| s.pop())
                     .unwrap_or_else(|| shared.clone());
-                web::Data::new(CommandRunner::new(pool, partitions, "command-api"))
+                let waker = service_kit::command::redis_waker(redis.clone());
+                web::Data::new(CommandRunner::new(pool, partitions, "command-api", waker))
             })
             .app_data(jwt)
             .security_scheme(BEARER, jwt_bearer());

@@ -6,6 +6,7 @@ pub mod relay;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use clap::{Args, Parser};
 use service_kit::health::Health;
 use service_kit::http::server::ServerOptions;
@@ -80,6 +81,8 @@ fn default_holder() -> String {
 pub struct Application {
     relay: Relay,
     pg: outbox::PgSettings,
+    /// Where command-api's wake-ups arrive.
+    wake: streams::redis::Client,
     http: HttpService,
 }
 
@@ -93,6 +96,8 @@ impl Application {
         service_kit::telemetry::metrics_handle();
         crate::metrics::register(settings.streams.stream_partitions);
         let redis = RedisPools::connect(&settings.redis.redis_settings())?;
+        let wake = streams::redis::Client::open(settings.redis.redis_url.expose())
+            .context("REDIS_URL does not parse")?;
         let relay = Relay::new(
             pool.clone(),
             redis.clone(),
@@ -114,7 +119,12 @@ impl Application {
             grace: settings.shutdown.grace(),
         };
         let http = HttpService::start(settings.http_addr, options, health, |_| {})?;
-        Ok(Self { relay, pg, http })
+        Ok(Self {
+            relay,
+            pg,
+            wake,
+            http,
+        })
     }
 
     /// The health server's port.
@@ -134,7 +144,7 @@ impl App for Application {
     /// Relays until `shutdown`, then finishes the round in hand and stops.
     async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let http = self.http.spawn(shutdown.clone());
-        self.relay.run(self.pg, shutdown).await;
+        self.relay.run(self.pg, Some(self.wake), shutdown).await;
         http.await??;
         Ok(())
     }

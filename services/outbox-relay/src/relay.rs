@@ -77,8 +77,10 @@ pub struct RelaySettings {
 /// it instead of sleeping.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Progress {
-    /// Whether its LISTEN session is up (a commit wakes it at once).
+    /// Whether its LISTEN session is up (a commit that notifies PostgreSQL wakes it at once).
     pub listening: bool,
+    /// Whether it follows the wake-ups sent through Redis (command-api's).
+    pub following: bool,
     /// Rounds in which a partition worker drained its partition, since it started: after one,
     /// the worker waits for a wake-up (or the poll).
     pub drains: u64,
@@ -306,10 +308,16 @@ impl Relay {
     }
 
     /// Runs until `shutdown`. A lease manager ticks every third of the lease time and keeps one
-    /// worker per held partition; workers wake on NOTIFY (a dedicated connection from `pg`) or
-    /// every poll interval. On shutdown, workers finish their batch in hand, then the leases
-    /// are released so peers take over at once.
-    pub async fn run(&self, pg: PgSettings, shutdown: CancellationToken) {
+    /// worker per held partition; workers wake on a wake-up from Redis (`wake`: what
+    /// command-api sends, [`streams::wake`]), on a NOTIFY (a dedicated connection from `pg`,
+    /// for writers that notify there), or every poll interval. On shutdown, workers finish
+    /// their batch in hand, then the leases are released so peers take over at once.
+    pub async fn run(
+        &self,
+        pg: PgSettings,
+        wake: Option<streams::redis::Client>,
+        shutdown: CancellationToken,
+    ) {
         let wakers: Arc<Vec<Notify>> = Arc::new(
             (0..self.routing.partitions())
                 .map(|_| Notify::new())
@@ -323,6 +331,29 @@ impl Relay {
             self.progress.clone(),
             shutdown.clone(),
         ));
+        let follower = wake.map(|client| {
+            let (wakers, keys, progress) = (
+                wakers.clone(),
+                self.redis.keys.clone(),
+                self.progress.clone(),
+            );
+            tokio::spawn(async move {
+                streams::wake::follow(
+                    client,
+                    &keys,
+                    |up| {
+                        progress
+                            .send_if_modified(|p| std::mem::replace(&mut p.following, up) != up);
+                        // Subscribed: look once for work committed before the subscription.
+                        if up {
+                            wakers.iter().for_each(Notify::notify_one);
+                        }
+                    },
+                    |payload| wake_partitions(&wakers, payload),
+                )
+                .await;
+            })
+        });
         let mut workers: BTreeMap<u32, (CancellationToken, JoinHandle<()>)> = BTreeMap::new();
         let mut held: Vec<u32> = vec![];
         let mut trim_due = Instant::now();
@@ -386,6 +417,9 @@ impl Relay {
             let _ = handle.await;
         }
         listener.abort();
+        if let Some(follower) = follower {
+            follower.abort();
+        }
         match self.leases.release_all().await {
             Ok(()) => tracing::info!(released = ?held, "partition leases released"),
             Err(e) => {

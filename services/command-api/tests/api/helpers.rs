@@ -9,7 +9,9 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 pub use service_kit::Secret;
 pub use service_kit::http::auth::JwtKeys;
-use service_kit::settings::{JwtArgs, PostgresArgs, ShutdownArgs, StreamArgs, TelemetryArgs};
+use service_kit::settings::{
+    JwtArgs, PostgresArgs, RedisArgs, ShutdownArgs, StreamArgs, TelemetryArgs,
+};
 use service_kit::startup::App as _;
 pub use test_kit::TestDb;
 pub use test_kit::proxy::TcpProxy;
@@ -38,6 +40,8 @@ pub fn settings(url: &str, schema: &str) -> Settings {
         streams: StreamArgs {
             stream_partitions: 4,
         },
+        // Wake-ups go to a channel of this test's own (no relay listens here).
+        redis: RedisArgs::new(&test_kit::redis_url(), &format!("test:{schema}:")),
         jwt: JwtArgs {
             jwt_secret: Secret::new(SECRET),
         },

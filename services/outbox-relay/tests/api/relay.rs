@@ -70,6 +70,46 @@ async fn a_commit_wakes_the_relay_long_before_the_poll_interval() {
     shutdown.cancel();
 }
 
+/// command-api wakes the relay through Redis (a `PUBLISH` instead of a PostgreSQL transaction
+/// per burst of commits): with the poll a minute away, only that wake-up explains a prompt
+/// publish of a row committed without a NOTIFY.
+#[tokio::test]
+async fn a_wake_up_through_redis_wakes_the_relay_long_before_the_poll_interval() {
+    let f = Fixture::new(4).await;
+    let Running {
+        shutdown,
+        mut progress,
+        ..
+    } = f
+        .start(f.settings(&test_kit::database_url(), &test_kit::redis_url(), 60_000))
+        .await;
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        progress.wait_for(|p| p.following && p.drains >= 4),
+    )
+    .await
+    .expect("it follows the wake-ups within 10 s")
+    .expect("relay running");
+    let id = Uuid::now_v7();
+    let events = f.write_quietly(id, 1..=2).await;
+    let pools = &f.redis.pools;
+    let mut conn = pools.commands.get().await.expect("redis");
+    streams::wake::publish(
+        &mut *conn,
+        &pools.keys,
+        &outbox::wake::partitions_of(&events, 4),
+    )
+    .await
+    .expect("publish");
+    eventually(
+        Duration::from_secs(3),
+        "published on the wake-up",
+        || async { (f.published().await == vec![(id, 1), (id, 2)]).then_some(()) },
+    )
+    .await;
+    shutdown.cancel();
+}
+
 /// Commits wake nobody inside their transaction (that would serialise every commit): a
 /// wake-up follows the commit, and may be lost. The poll still publishes the row.
 #[tokio::test]
