@@ -12,17 +12,17 @@ use deadpool_redis::redis;
 use futures::StreamExt as _;
 
 /// Subscribes to `channel` on `client` and calls `on_message` with each payload, reconnecting
-/// with backoff (outages logged once, as `what`). `on_live` is told when the subscription
-/// comes up and when it goes down. Never returns: abort the task to stop it.
+/// with backoff. Outages are logged through `outage` (once each); without one, at debug only
+/// (for a process whose main work already reports Redis going down). `on_live` is told when
+/// the subscription comes up and when it goes down. Never returns: abort the task to stop it.
 pub async fn follow(
     client: redis::Client,
     channel: String,
-    what: &'static str,
+    mut outage: Option<resilience::Outage>,
     mut on_live: impl FnMut(bool),
     mut on_message: impl FnMut(&str),
 ) {
     let mut backoff = resilience::Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-    let mut outage = resilience::Outage::new("redis", what);
     loop {
         let connected = async {
             let mut pubsub = client.get_async_pubsub().await?;
@@ -32,7 +32,9 @@ pub async fn follow(
         .await;
         match connected {
             Ok(pubsub) => {
-                outage.succeeded();
+                if let Some(o) = &mut outage {
+                    o.succeeded();
+                }
                 backoff.reset();
                 on_live(true);
                 let mut messages = pubsub.into_on_message();
@@ -43,9 +45,14 @@ pub async fn follow(
                 }
                 on_live(false);
             }
-            Err(e) => {
-                outage.failed(&e);
-            }
+            Err(e) => match &mut outage {
+                Some(o) => {
+                    o.failed(&e);
+                }
+                None => {
+                    tracing::debug!(channel = %channel, error = %e, "cannot subscribe; retrying")
+                }
+            },
         }
         tokio::time::sleep(backoff.next_delay_jittered()).await;
     }

@@ -178,7 +178,7 @@ async fn subscribe(client: redis::Client, channel: String, inner: Arc<Inner>) {
     let follow = crate::pubsub::follow(
         client,
         channel,
-        "visibility-watch",
+        Some(resilience::Outage::new("redis", "visibility-watch")),
         |up| {
             inner.live.store(up, Ordering::Release);
             if !up {

@@ -49,12 +49,13 @@ pub async fn publish(
 
 /// Follows the wake-ups of the deployment under `keys` on a connection of its own to
 /// `client`, calling `on_wake` with each payload and `on_live` as the subscription comes up
-/// or goes down ([`crate::pubsub::follow`]). Never returns: abort the task to stop it.
+/// or goes down ([`crate::pubsub::follow`]). Failures are logged at debug only: the relay's
+/// publishing reports Redis outages. Never returns: abort the task to stop it.
 pub async fn follow(
     client: redis::Client,
     keys: &KeySpace,
     on_live: impl FnMut(bool),
     on_wake: impl FnMut(&str),
 ) {
-    crate::pubsub::follow(client, channel(keys), "relay-wake", on_live, on_wake).await;
+    crate::pubsub::follow(client, channel(keys), None, on_live, on_wake).await;
 }
