@@ -19,4 +19,4 @@ pub use domain::{
     Aggregate, Committed, DomainEvent, PayloadError, commit, decode_payload, encode_payload,
 };
 pub use envelope::{EnvelopeError, EventContext, EventEnvelope, EventMetadata, truncate_to_micros};
-pub use routing::{StreamRouting, partition_for};
+pub use routing::{StreamRouting, partition_for, wake_payload};

@@ -23,6 +23,17 @@ pub fn partition_for(aggregate_id: Uuid, partitions: u32) -> u32 {
     (hash % u64::from(partitions.max(1))) as u32
 }
 
+/// A relay wake-up's payload naming `partitions` (numbers separated by commas), whichever way
+/// it travels (a Redis `PUBLISH` or a PostgreSQL `NOTIFY`): the relay parses one format.
+#[must_use]
+pub fn wake_payload<'a>(partitions: impl IntoIterator<Item = &'a i32>) -> String {
+    partitions
+        .into_iter()
+        .map(i32::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// Names of the Redis streams a deployment uses, derived from its key prefix and partition
 /// count (architecture.md §11: `REDIS_KEY_PREFIX`, `STREAM_PARTITIONS`).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -56,11 +56,7 @@ pub async fn notify(
     if partitions.is_empty() {
         return Ok(());
     }
-    let payload = partitions
-        .iter()
-        .map(i32::to_string)
-        .collect::<Vec<_>>()
-        .join(",");
+    let payload = events::wake_payload(partitions);
     client
         .batch_execute(&format!(
             "BEGIN; SET LOCAL synchronous_commit = off; \

@@ -34,14 +34,9 @@ pub async fn publish(
     if partitions.is_empty() {
         return Ok(());
     }
-    let payload = partitions
-        .iter()
-        .map(i32::to_string)
-        .collect::<Vec<_>>()
-        .join(",");
     let _: i64 = redis::cmd("PUBLISH")
         .arg(channel(keys))
-        .arg(payload)
+        .arg(events::wake_payload(partitions))
         .query_async(conn)
         .await?;
     Ok(())

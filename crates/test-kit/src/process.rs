@@ -356,12 +356,46 @@ pub fn cpu_time(pid: u32) -> Duration {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
         .and_then(|s| {
-            let rest = s.rsplit_once(')')?.1.to_owned();
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
-            Some(Duration::from_millis(ticks * 10))
+            let fields: Vec<&str> = s.rsplit_once(')')?.1.split_whitespace().collect();
+            Some(ticks(&fields, 11..=12))
         })
         .unwrap_or_default()
+}
+
+/// Calls `f` with the command name and the fields after it of every process's
+/// `/proc/<pid>/stat` (the name may hold spaces, so fields count from its closing parenthesis:
+/// index 0 is field 3, the state).
+fn each_process(mut f: impl FnMut(&str, &[&str])) {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        if let Some((comm, rest)) = stat
+            .split_once('(')
+            .and_then(|(_, rest)| rest.rsplit_once(')'))
+        {
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            f(comm, &fields);
+        }
+    }
+}
+
+/// Clock ticks (100 per second on Linux) in `fields` at `range`, as a duration.
+fn ticks(fields: &[&str], range: std::ops::RangeInclusive<usize>) -> Duration {
+    let ticks: u64 = range
+        .filter_map(|i| fields.get(i)?.parse::<u64>().ok())
+        .sum();
+    Duration::from_millis(ticks * 10)
 }
 
 /// CPU time used so far by the processes named `name`, with that of their children which
@@ -369,36 +403,13 @@ pub fn cpu_time(pid: u32) -> Duration {
 /// end with their connection, and their CPU then shows only in the postmaster's count.
 #[must_use]
 pub fn cpu_with_reaped(name: &str) -> Duration {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Duration::ZERO;
-    };
-    let mut ticks = 0u64;
-    for entry in dir.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let Some((comm, rest)) = stat
-            .split_once('(')
-            .and_then(|(_, rest)| rest.rsplit_once(')'))
-        else {
-            continue;
-        };
-        if comm != name {
-            continue;
+    let mut total = Duration::ZERO;
+    each_process(|comm, fields| {
+        if comm == name {
+            total += ticks(fields, 11..=14);
         }
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        ticks += (11..=14)
-            .filter_map(|i| f.get(i)?.parse::<u64>().ok())
-            .sum::<u64>();
-    }
-    Duration::from_millis(ticks * 10)
+    });
+    total
 }
 
 /// CPU time used so far by every process on the machine, summed by command name (as
@@ -406,28 +417,8 @@ pub fn cpu_with_reaped(name: &str) -> Duration {
 #[must_use]
 pub fn cpu_by_command() -> std::collections::BTreeMap<String, Duration> {
     let mut out = std::collections::BTreeMap::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for entry in dir.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let Some(name) = stat
-            .split_once('(')
-            .and_then(|(_, rest)| rest.rsplit_once(')'))
-            .map(|(n, _)| n.to_owned())
-        else {
-            continue;
-        };
-        *out.entry(name).or_insert(Duration::ZERO) += cpu_time(pid);
-    }
+    each_process(|comm, fields| {
+        *out.entry(comm.to_owned()).or_insert(Duration::ZERO) += ticks(fields, 11..=12);
+    });
     out
 }

@@ -42,17 +42,23 @@ async fn converged(p: &Pipeline, users: &[Uuid], what: &str) {
     assert_eq!(p.dead_letters().await, 0, "{what}: nothing is poison");
 }
 
+/// Two partitions and two projectors on the private Redis at `url`: the shape the repair
+/// tests lose data under.
+fn repairable_on(url: String) -> Options {
+    Options {
+        partitions: 2,
+        projectors: 2,
+        redis_url: Some(url),
+        ..Options::default()
+    }
+}
+
 #[tokio::test]
 async fn a_failover_to_a_replica_that_lagged_is_repaired_with_no_dead_letter() {
     let primary = PrivateRedis::start(false).await;
     let mut replica = PrivateRedis::start_replica_of(&primary).await;
     let users: Vec<Uuid> = (0..10).map(|_| Uuid::now_v7()).collect();
-    let options = Options {
-        partitions: 2,
-        projectors: 2,
-        redis_url: Some(primary.url()),
-        ..Options::default()
-    };
+    let options = repairable_on(primary.url());
     let mut p = Pipeline::start(&users, options).await;
     p.random_commands(&users, 20, 1).await;
     p.wait_idle(
@@ -77,12 +83,7 @@ async fn a_failover_to_a_replica_that_lagged_is_repaired_with_no_dead_letter() {
 async fn a_rollback_to_an_older_snapshot_is_repaired_with_no_dead_letter() {
     let redis_server = PrivateRedis::start(false).await;
     let users: Vec<Uuid> = (0..10).map(|_| Uuid::now_v7()).collect();
-    let options = Options {
-        partitions: 2,
-        projectors: 2,
-        redis_url: Some(redis_server.url()),
-        ..Options::default()
-    };
+    let options = repairable_on(redis_server.url());
     let mut p = Pipeline::start(&users, options).await;
     p.random_commands(&users, 20, 3).await;
     p.wait_idle(Duration::from_secs(30), "idle before the snapshot")
@@ -125,12 +126,7 @@ async fn a_rollback_to_an_older_snapshot_is_repaired_with_no_dead_letter() {
 async fn streams_lost_with_entries_nobody_applied_are_repaired_with_no_dead_letter() {
     let redis_server = PrivateRedis::start(false).await;
     let users: Vec<Uuid> = (0..10).map(|_| Uuid::now_v7()).collect();
-    let options = Options {
-        partitions: 2,
-        projectors: 2,
-        redis_url: Some(redis_server.url()),
-        ..Options::default()
-    };
+    let options = repairable_on(redis_server.url());
     let mut p = Pipeline::start(&users, options).await;
     p.random_commands(&users, 10, 5).await;
     p.wait_idle(Duration::from_secs(30), "idle before the projectors stop")
