@@ -2,9 +2,9 @@
 //!
 //! The relay publishes to Redis, so a wake-up sent through Redis is lost only when the relay
 //! could not publish anyway; sent through PostgreSQL (`pg_notify`) it cost a transaction of
-//! its own per burst of commits: about 90–140 µs of PostgreSQL's CPU each at 1,000 commits a
-//! second, a sixth of what the command itself costs there, on the one server that cannot
-//! scale out (issue 14). A `PUBLISH` costs Redis a few µs. The relay's poll still finds any
+//! its own per burst of commits: 86–141 µs of PostgreSQL's CPU each at 1,000 commits a second,
+//! a fifth to a third of what the command's own transaction costs there, on the one server
+//! that cannot scale out (issue 14; BENCHMARKS.md, "Waking the relay through Redis"). A `PUBLISH` costs Redis a few µs. The relay's poll still finds any
 //! rows whose wake-up was lost, and the relay keeps its PostgreSQL `LISTEN` for writers that
 //! notify there.
 //!
