@@ -252,7 +252,10 @@ async fn a_read_model_that_contradicts_its_versions_is_rebuilt_and_nothing_is_de
 
 #[tokio::test]
 async fn a_rebuild_killed_half_way_is_resumed_elsewhere_and_never_switched_before_it_is_whole() {
-    let ids: Vec<Uuid> = (0..6000).map(|_| Uuid::now_v7()).collect();
+    // Enough history that the replay outlasts several progress records (one per 250 ms) even
+    // on the fast path: with less, it could end before its first record, and the kill came
+    // too late.
+    let ids: Vec<Uuid> = (0..20_000).map(|_| Uuid::now_v7()).collect();
     let (db, f) = built(1, &lives(&ids, 1..=2)).await;
     let first = f.projector.generation_state().active.expect("served");
     let op = operator_rebuild(&db).await;
@@ -262,11 +265,17 @@ async fn a_rebuild_killed_half_way_is_resumed_elsewhere_and_never_switched_befor
         let p = f.projector.clone();
         tokio::spawn(async move { p.rebuild("operator").await })
     };
-    let stopped_at = eventually(Duration::from_secs(10), "replay under way", || async {
+    // Polled tightly (not with a backing-off poll), so the kill lands right after the first
+    // progress record.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let stopped_at = loop {
         let row = store.get(op).await.expect("get").expect("row");
-        (row.position > 0).then_some(row.position)
-    })
-    .await;
+        if row.position > 0 {
+            break row.position;
+        }
+        assert!(std::time::Instant::now() < deadline, "replay under way");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    };
     rebuild.abort();
     let _ = rebuild.await;
     let state = generations(&f)
@@ -285,7 +294,7 @@ async fn a_rebuild_killed_half_way_is_resumed_elsewhere_and_never_switched_befor
         Some(row.generation),
         "the new one half-built"
     );
-    assert!(row.position >= stopped_at && row.events_applied < 12_000);
+    assert!(row.position >= stopped_at && row.events_applied < 40_000);
 
     // Another replica resumes it from where it stopped (once the lock has expired).
     let other = f.another_with("r2", Some(db.pool.clone()));
@@ -300,13 +309,13 @@ async fn a_rebuild_killed_half_way_is_resumed_elsewhere_and_never_switched_befor
         outcome,
         RebuildOutcome::Switched {
             generation: row.generation,
-            events: 12_000
+            events: 40_000
         }
     );
     let done = store.get(op).await.expect("get").expect("row");
     assert_eq!(
         (done.state, done.events_applied, done.events_total),
-        (OperationState::Succeeded, 12_000, 12_000)
+        (OperationState::Succeeded, 40_000, 40_000)
     );
     let served = other.generation_state().active.expect("served");
     assert_eq!(served, row.generation);
@@ -317,7 +326,7 @@ async fn a_rebuild_killed_half_way_is_resumed_elsewhere_and_never_switched_befor
         .query_async(&mut *c)
         .await
         .expect("versions");
-    assert_eq!(versions.len(), 6000);
+    assert_eq!(versions.len(), 20_000);
     assert!(versions.values().all(|v| *v == 2));
 }
 
