@@ -4,7 +4,7 @@
 //! append.
 
 use events::{Committed, EventContext, commit};
-use outbox::CommandTx;
+use outbox::{CommandTx, param};
 use outbox::tokio_postgres::{GenericClient, Row};
 use service_kit::command::CommandOutcome;
 use uuid::Uuid;
@@ -60,27 +60,26 @@ pub async fn create(
     else {
         return Err(PostError::NotFound);
     };
-    tx.execute(
+    tx.send(
         &tx.prepare_cached(
             "INSERT INTO posts (id, user_id, content, image_urls, topic, visibility, like_count,
                                 created_at, updated_at, version)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .await?,
-        &[
-            &post.id,
-            &post.user_id,
-            &post.content,
-            &post.image_urls,
-            &post.topic,
-            &post.visibility.as_str(),
-            &post.like_count,
-            &post.created_at,
-            &post.updated_at,
-            &post.version,
+        vec![
+            param(post.id),
+            param(post.user_id),
+            param(post.content),
+            param(post.image_urls),
+            param(post.topic),
+            param(post.visibility.as_str()),
+            param(post.like_count),
+            param(post.created_at),
+            param(post.updated_at),
+            param(post.version),
         ],
-    )
-    .await?;
+    )?;
     Ok(
         CommandOutcome::new(SPEC.name, post.id, post.version, envelopes)
             .created_at(format!("/v1/posts/{}", post.id)),
@@ -156,29 +155,27 @@ pub async fn execute(
     for event in &events {
         match event {
             PostEvent::Liked(l) => {
-                tx.execute(
+                tx.send(
                     &tx.prepare_cached(
                         "INSERT INTO post_likes (post_id, user_id, liked_at) VALUES ($1, $2, $3)",
                     )
                     .await?,
-                    &[&id, &l.user_id, &ctx.now],
-                )
-                .await?;
+                    vec![param(id), param(l.user_id), param(ctx.now)],
+                )?;
             }
             PostEvent::Unliked(l) => {
-                tx.execute(
+                tx.send(
                     &tx.prepare_cached(
                         "DELETE FROM post_likes WHERE post_id = $1 AND user_id = $2",
                     )
                     .await?,
-                    &[&id, &l.user_id],
-                )
-                .await?;
+                    vec![param(id), param(l.user_id)],
+                )?;
             }
             PostEvent::Created(_) | PostEvent::Updated(_) | PostEvent::Deleted => {}
         }
     }
-    tx.execute(
+    tx.send(
         &tx.prepare_cached(
             "UPDATE posts SET content = $2, image_urls = $3, topic = $4, visibility = $5,
                     like_count = $6, updated_at = $7::timestamptz, version = $8,
@@ -186,19 +183,18 @@ pub async fn execute(
              WHERE id = $1",
         )
         .await?,
-        &[
-            &id,
-            &new.content,
-            &new.image_urls,
-            &new.topic,
-            &new.visibility.as_str(),
-            &new.like_count,
-            &new.updated_at,
-            &new.version,
-            &new.deleted,
+        vec![
+            param(id),
+            param(new.content),
+            param(new.image_urls),
+            param(new.topic),
+            param(new.visibility.as_str()),
+            param(new.like_count),
+            param(new.updated_at),
+            param(new.version),
+            param(new.deleted),
         ],
-    )
-    .await?;
+    )?;
     Ok(CommandOutcome::new(SPEC.name, id, new.version, envelopes))
 }
 

@@ -3,7 +3,7 @@
 //! returns the events for the runner to append.
 
 use events::{Committed, EventContext, commit};
-use outbox::CommandTx;
+use outbox::{CommandTx, param};
 use outbox::tokio_postgres::{GenericClient, Row};
 use service_kit::command::CommandOutcome;
 use time::OffsetDateTime;
@@ -110,29 +110,28 @@ pub async fn create_node(
     else {
         return Err(no_state());
     };
-    tx.execute(
+    tx.send(
         &tx.prepare_cached(
             "INSERT INTO knowledge_nodes (id, name, name_en, description, keywords, importance_level,
                  is_seed, parent_id, subject_id, created_by, created_at, version)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
         )
         .await?,
-        &[
-            &node.id,
-            &node.name,
-            &node.name_en,
-            &node.description,
-            &node.keywords,
-            &node.importance_level,
-            &node.is_seed,
-            &node.parent_id,
-            &node.subject_id,
-            &user,
-            &node.created_at,
-            &node.version,
+        vec![
+            param(node.id),
+            param(node.name),
+            param(node.name_en),
+            param(node.description),
+            param(node.keywords),
+            param(node.importance_level),
+            param(node.is_seed),
+            param(node.parent_id),
+            param(node.subject_id),
+            param(user),
+            param(node.created_at),
+            param(node.version),
         ],
-    )
-    .await?;
+    )?;
     Ok(
         CommandOutcome::new(SPEC.name, node.id, node.version, envelopes)
             .created_at(format!("/v1/galaxy/nodes/{}", node.id)),
@@ -208,27 +207,25 @@ pub async fn create_relation(
     else {
         return Err(no_state());
     };
-    tx.execute(
+    tx.send(
         &tx.prepare_cached(
             "INSERT INTO knowledge_relations (source_node_id, target_node_id, relation_type, strength, created_at)
              VALUES ($1, $2, $3, $4, $5)",
         )
         .await?,
-        &[
-            &cmd.source_node_id,
-            &cmd.target_node_id,
-            &cmd.relation_type.as_str(),
-            &cmd.strength,
-            &ctx.now,
+        vec![
+            param(cmd.source_node_id),
+            param(cmd.target_node_id),
+            param(cmd.relation_type.as_str()),
+            param(cmd.strength),
+            param(ctx.now),
         ],
-    )
-    .await?;
-    tx.execute(
+    )?;
+    tx.send(
         &tx.prepare_cached("UPDATE knowledge_nodes SET version = $2 WHERE id = $1")
             .await?,
-        &[&node.id, &node.version],
-    )
-    .await?;
+        vec![param(node.id), param(node.version)],
+    )?;
     Ok(
         CommandOutcome::new(SPEC.name, node.id, node.version, envelopes)
             .created_at(format!("/v1/galaxy/nodes/{}/relations", node.id)),
@@ -309,7 +306,7 @@ pub async fn on_user_node(
     else {
         return Err(no_state());
     };
-    tx.execute(
+    tx.send(
         &tx.prepare_cached(
             "UPDATE user_nodes SET mastery_score = $2, total_minutes = $3, study_count = $4,
                  is_unlocked = $5, is_collapsed = $6, first_unlocked_at = $7, last_studied_at = $8,
@@ -317,39 +314,37 @@ pub async fn on_user_node(
              WHERE id = $1",
         )
         .await?,
-        &[
-            &id,
-            &new.mastery_score,
-            &new.total_minutes,
-            &new.study_count,
-            &new.is_unlocked,
-            &new.is_collapsed,
-            &new.first_unlocked_at,
-            &new.last_studied_at,
-            &new.version,
+        vec![
+            param(id),
+            param(new.mastery_score),
+            param(new.total_minutes),
+            param(new.study_count),
+            param(new.is_unlocked),
+            param(new.is_collapsed),
+            param(new.first_unlocked_at),
+            param(new.last_studied_at),
+            param(new.version),
         ],
-    )
-    .await?;
+    )?;
     if let UserNodeCommand::Study(study) = cmd {
         // The record's id is its event's: the read side's list names it the same way.
         let record = envelopes.first().map(|e| e.event_id).unwrap_or_default();
-        tx.execute(
+        tx.send(
             &tx.prepare_cached(
                 "INSERT INTO study_records (id, user_id, node_id, activity_type, minutes, performance_score, studied_at)
                  VALUES ($1, $2, $3, $4, $5, $6, $7)",
             )
             .await?,
-            &[
-                &record,
-                &user,
-                &node_id,
-                &study.activity_type.as_str(),
-                &study.minutes,
-                &study.performance_score,
-                &ctx.now,
+            vec![
+                param(record),
+                param(user),
+                param(node_id),
+                param(study.activity_type.as_str()),
+                param(study.minutes),
+                param(study.performance_score),
+                param(ctx.now),
             ],
-        )
-        .await?;
+        )?;
     }
     Ok(with_mastery(
         CommandOutcome::new(SPEC.name, id, new.version, envelopes),

@@ -5,7 +5,7 @@
 //! commits exactly when the command's effects do. A rejected command (4xx) rolls back and
 //! stores nothing, so its retry is evaluated afresh.
 
-use crate::TxClient;
+use crate::{TxClient, param};
 use uuid::Uuid;
 
 use crate::OutboxError;
@@ -46,13 +46,14 @@ pub async fn claim(
     key: &str,
     fingerprint: &str,
 ) -> Result<Claim, OutboxError> {
-    tx.execute(
+    // The lock rides in the look-up's round trip: PostgreSQL runs them in order.
+    tx.send(
         &tx.prepare_cached(
             "SELECT pg_advisory_xact_lock(hashtextextended($1::text || ':' || $2::text, 0))",
         )
         .await
         .map_err(OutboxError::from)?,
-        &[&user_id.to_string(), &key],
+        vec![param(user_id.to_string()), param(key.to_owned())],
     )
     .await?;
     let row = tx
@@ -77,7 +78,8 @@ pub async fn claim(
     })
 }
 
-/// Stores the answer of a [`Claim::Fresh`] request, replacing an expired one under the key.
+/// Stores the answer of a [`Claim::Fresh`] request, replacing an expired one under the key
+/// (sent, not awaited: the commit reports a refusal).
 ///
 /// # Errors
 /// [`OutboxError`] when PostgreSQL fails.
@@ -90,7 +92,7 @@ pub async fn store(
     body: &serde_json::Value,
 ) -> Result<(), OutboxError> {
     let status = i16::try_from(status).unwrap_or(i16::MAX);
-    tx.execute(
+    tx.send(
         &tx.prepare_cached(
             "INSERT INTO idempotency_keys (user_id, key, fingerprint, status_code, response)
          VALUES ($1, $2, $3, $4, $5)
@@ -100,7 +102,13 @@ pub async fn store(
         )
         .await
         .map_err(OutboxError::from)?,
-        &[&user_id, &key, &fingerprint, &status, body],
+        vec![
+            param(user_id),
+            param(key.to_owned()),
+            param(fingerprint.to_owned()),
+            param(status),
+            param(body.clone()),
+        ],
     )
     .await?;
     Ok(())

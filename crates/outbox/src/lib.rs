@@ -30,7 +30,7 @@ pub mod stats;
 pub mod wake;
 
 pub use append::append_events;
-pub use command_tx::{CommandTx, TxClient};
+pub use command_tx::{CommandTx, Param, TxClient, param};
 pub use error::OutboxError;
 pub use pool::{PgSettings, connect};
 

@@ -3,7 +3,7 @@
 //! events for the runner to append.
 
 use events::EventContext;
-use outbox::CommandTx;
+use outbox::{CommandTx, param};
 use outbox::tokio_postgres::Row;
 use service_kit::command::CommandOutcome;
 use uuid::Uuid;
@@ -70,27 +70,27 @@ pub async fn create(
     else {
         return Err(TaskError::NotFound);
     };
-    tx.execute(
+    // Sent, not awaited: it rides with the events and the commit, which reports a refusal.
+    tx.send(
 &tx.prepare_cached("INSERT INTO tasks (id, user_id, title, type, tags, estimated_minutes, priority, difficulty,
                             status, due_date, created_at, updated_at, version)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)").await?,
-        &[
-            &task.id,
-            &task.user_id,
-            &task.title,
-            &task.task_type.as_str(),
-            &task.tags,
-            &task.estimated_minutes,
-            &task.priority,
-            &task.difficulty,
-            &task.status.as_str(),
-            &task.due_date,
-            &task.created_at,
-            &task.updated_at,
-            &task.version,
+        vec![
+            param(task.id),
+            param(task.user_id),
+            param(task.title.clone()),
+            param(task.task_type.as_str()),
+            param(task.tags.clone()),
+            param(task.estimated_minutes),
+            param(task.priority),
+            param(task.difficulty),
+            param(task.status.as_str()),
+            param(task.due_date),
+            param(task.created_at),
+            param(task.updated_at),
+            param(task.version),
         ],
-    )
-    .await?;
+    )?;
     Ok(
         CommandOutcome::new(SPEC.name, task.id, task.version, envelopes)
             .created_at(format!("/v1/tasks/{}", task.id)),
@@ -149,32 +149,32 @@ pub async fn execute(
     else {
         return Err(TaskError::NotFound);
     };
-    tx.execute(
+    // Sent, not awaited, as in `create`.
+    tx.send(
 &tx.prepare_cached("UPDATE tasks SET title = $2, tags = $3, estimated_minutes = $4, priority = $5, difficulty = $6,
                 status = $7, due_date = $8, started_at = $9, completed_at = $10, actual_minutes = $11,
                 note = $12, abandon_reason = $13, updated_at = $14::timestamptz, version = $15,
                 deleted_at = CASE WHEN $16::boolean THEN $14::timestamptz ELSE NULL END
          WHERE id = $1").await?,
-        &[
-            &id,
-            &new.title,
-            &new.tags,
-            &new.estimated_minutes,
-            &new.priority,
-            &new.difficulty,
-            &new.status.as_str(),
-            &new.due_date,
-            &new.started_at,
-            &new.completed_at,
-            &new.actual_minutes,
-            &new.note,
-            &new.abandon_reason,
-            &new.updated_at,
-            &new.version,
-            &new.deleted,
+        vec![
+            param(id),
+            param(new.title.clone()),
+            param(new.tags.clone()),
+            param(new.estimated_minutes),
+            param(new.priority),
+            param(new.difficulty),
+            param(new.status.as_str()),
+            param(new.due_date),
+            param(new.started_at),
+            param(new.completed_at),
+            param(new.actual_minutes),
+            param(new.note.clone()),
+            param(new.abandon_reason.clone()),
+            param(new.updated_at),
+            param(new.version),
+            param(new.deleted),
         ],
-    )
-    .await?;
+    )?;
     Ok(CommandOutcome::new(SPEC.name, id, new.version, envelopes))
 }
 

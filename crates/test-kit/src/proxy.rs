@@ -1,10 +1,11 @@
 //! A TCP proxy a test can cut: how tests take PostgreSQL or Redis "down" for one service
-//! without stopping the server that parallel tests share.
+//! without stopping the server that parallel tests share. It also counts round trips, for
+//! tests that pin down how many a protocol exchange costs.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use tokio::io::copy_bidirectional;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
@@ -15,7 +16,19 @@ pub struct TcpProxy {
     up: Arc<AtomicBool>,
     generation: watch::Sender<u64>,
     counter: Arc<AtomicU64>,
+    turns: Arc<Turns>,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// Round trips seen across all connections: a client's bytes that follow an answer from the
+/// server (or open the conversation) start one; more bytes before the next answer (a pipelined
+/// request, a request split over several writes) belong to the same.
+#[derive(Default)]
+struct Turns {
+    round_trips: AtomicU64,
+    /// Whether the server spoke last, on the connection that spoke last (tests that count
+    /// use one connection).
+    answered: AtomicBool,
 }
 
 impl TcpProxy {
@@ -29,10 +42,15 @@ impl TcpProxy {
         let up = Arc::new(AtomicBool::new(true));
         let (generation, _) = watch::channel(0u64);
         let counter = Arc::new(AtomicU64::new(0));
+        let turns = Arc::new(Turns {
+            round_trips: AtomicU64::new(0),
+            answered: AtomicBool::new(true),
+        });
         let target = target.to_owned();
         let task = {
             let up = up.clone();
             let generation = generation.clone();
+            let turns = turns.clone();
             tokio::spawn(async move {
                 while let Ok((mut inbound, _)) = listener.accept().await {
                     // Subscribe before looking at `up`: `down` clears `up` and then cuts, so a
@@ -44,12 +62,23 @@ impl TcpProxy {
                         continue;
                     }
                     let target = target.clone();
+                    let turns = turns.clone();
                     tokio::spawn(async move {
                         let Ok(mut outbound) = TcpStream::connect(&target).await else {
                             return;
                         };
+                        let (mut client_rx, mut client_tx) = inbound.split();
+                        let (mut server_rx, mut server_tx) = outbound.split();
+                        let asks = pump(&mut client_rx, &mut server_tx, || {
+                            if turns.answered.swap(false, Ordering::SeqCst) {
+                                turns.round_trips.fetch_add(1, Ordering::SeqCst);
+                            }
+                        });
+                        let answers = pump(&mut server_rx, &mut client_tx, || {
+                            turns.answered.store(true, Ordering::SeqCst);
+                        });
                         tokio::select! {
-                            _ = copy_bidirectional(&mut inbound, &mut outbound) => {}
+                            _ = async { tokio::join!(asks, answers) } => {}
                             _ = cut.changed() => {}
                         }
                     });
@@ -61,8 +90,16 @@ impl TcpProxy {
             up,
             generation,
             counter,
+            turns,
             task,
         }
+    }
+
+    /// Round trips so far: client bytes sent after the server last answered, counted once per
+    /// answer. Meaningful for one connection at a time.
+    #[must_use]
+    pub fn round_trips(&self) -> u64 {
+        self.turns.round_trips.load(Ordering::SeqCst)
     }
 
     /// A proxy to the test PostgreSQL server.
@@ -107,6 +144,27 @@ impl Drop for TcpProxy {
         self.down();
         self.task.abort();
     }
+}
+
+/// Copies `from` to `to` until either side closes, calling `seen` on each chunk read before it
+/// is forwarded (so a count is updated before the other side can answer it).
+async fn pump(
+    from: &mut (impl AsyncReadExt + Unpin),
+    to: &mut (impl AsyncWriteExt + Unpin),
+    seen: impl Fn(),
+) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        seen();
+        if to.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown().await;
 }
 
 /// The `host:port` of a `scheme://[user@]host:port[/path]` URL.
