@@ -4,8 +4,8 @@
 //! append.
 
 use events::{Committed, EventContext, commit};
-use outbox::{CommandTx, param};
 use outbox::tokio_postgres::{GenericClient, Row};
+use outbox::{CommandTx, param};
 use service_kit::command::CommandOutcome;
 use uuid::Uuid;
 

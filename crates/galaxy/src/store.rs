@@ -3,8 +3,8 @@
 //! returns the events for the runner to append.
 
 use events::{Committed, EventContext, commit};
-use outbox::{CommandTx, param};
 use outbox::tokio_postgres::{GenericClient, Row};
+use outbox::{CommandTx, param};
 use service_kit::command::CommandOutcome;
 use time::OffsetDateTime;
 use uuid::Uuid;

@@ -25,12 +25,16 @@ async fn insert(tx: &CommandTx<'_>, key: &str) -> Result<u64, outbox::tokio_post
     tx.execute(&statement, &[&key]).await
 }
 
-const INSERT: &str = "INSERT INTO idempotency_keys (user_id, key, fingerprint, status_code, response)
+const INSERT: &str =
+    "INSERT INTO idempotency_keys (user_id, key, fingerprint, status_code, response)
      VALUES ('00000000-0000-0000-0000-000000000001', $1, 'f', 200, '{}')";
 
 /// Sends an insert of `key` without waiting for its answer.
 async fn send(tx: &CommandTx<'_>, key: &str) -> Result<(), outbox::tokio_postgres::Error> {
-    tx.send(&tx.prepare_cached(INSERT).await?, vec![param(key.to_owned())])
+    tx.send(
+        &tx.prepare_cached(INSERT).await?,
+        vec![param(key.to_owned())],
+    )
 }
 
 async fn keys(db: &TestDb) -> Vec<String> {
@@ -124,7 +128,10 @@ async fn statements_sent_without_waiting_commit_with_the_transaction() {
         .expect("read")
         .map(|r| r.get(0))
         .unwrap_or_default();
-    assert_eq!(seen, 200, "a read sees the statements sent before it, in its transaction");
+    assert_eq!(
+        seen, 200,
+        "a read sees the statements sent before it, in its transaction"
+    );
     assert!(keys(&db).await.is_empty(), "not visible before the commit");
     send(&tx, "last").await.expect("send");
     tx.commit().await.expect("commit");
@@ -133,15 +140,20 @@ async fn statements_sent_without_waiting_commit_with_the_transaction() {
 
 #[tokio::test]
 async fn a_sent_statement_postgresql_refuses_fails_the_commit_with_its_own_error_and_commits_nothing()
-{
+ {
     let db = TestDb::new().await;
     let pool = one_connection(&db);
     let client = pool.get().await.expect("client");
     let tx = CommandTx::new(&client);
     send(&tx, "a").await.expect("send");
-    send(&tx, "a").await.expect("sent: only PostgreSQL can refuse it");
+    send(&tx, "a")
+        .await
+        .expect("sent: only PostgreSQL can refuse it");
     send(&tx, "b").await.expect("send");
-    let err = tx.commit().await.expect_err("the duplicate must fail the commit");
+    let err = tx
+        .commit()
+        .await
+        .expect_err("the duplicate must fail the commit");
     // The refused statement's error, not the "transaction is aborted" of those behind it.
     assert!(
         matches!(err, outbox::OutboxError::Conflict(_)),
@@ -153,7 +165,9 @@ async fn a_sent_statement_postgresql_refuses_fails_the_commit_with_its_own_error
     let tx = CommandTx::new(&client);
     send(&tx, "c").await.expect("send");
     send(&tx, "c").await.expect("send");
-    let err = insert(&tx, "d").await.expect_err("the transaction is aborted");
+    let err = insert(&tx, "d")
+        .await
+        .expect_err("the transaction is aborted");
     assert_eq!(err.code(), Some(&SqlState::UNIQUE_VIOLATION), "{err}");
     drop(tx);
 
@@ -205,7 +219,11 @@ async fn a_write_and_its_commit_cost_one_round_trip_and_a_read_one_more() {
     send(&tx, "row").await.expect("send");
     send(&tx, "events").await.expect("send");
     tx.commit().await.expect("commit");
-    assert_eq!(proxy.round_trips() - before, 1, "BEGIN, two writes and COMMIT in one");
+    assert_eq!(
+        proxy.round_trips() - before,
+        1,
+        "BEGIN, two writes and COMMIT in one"
+    );
     // The same writes waiting for their answers: one round trip each, and one for COMMIT.
     let before = proxy.round_trips();
     let tx = CommandTx::new(&client);

@@ -221,7 +221,7 @@ impl ReadSide {
                 pipe.ignore_errors()
                     .query_async(&mut conn)
                     .await
-                    .map_err(|e| self.failed(e))?
+                    .map_err(|e| self.failed(&conn, e))?
             };
             let mut replies = replies.into_iter();
             let mut next = || replies.next().unwrap_or(Value::Nil);
@@ -281,12 +281,12 @@ impl ReadSide {
         Ok(cmd
             .query_async(&mut conn)
             .await
-            .map_err(|e| self.failed(e))?)
+            .map_err(|e| self.failed(&conn, e))?)
     }
 
     /// A command's failure, after letting a stuck connection go.
-    fn failed(&self, e: redis::RedisError) -> StreamError {
-        self.pools.shared.forget_if_stuck(&e);
+    fn failed(&self, conn: &streams::pool::SharedConnection, e: redis::RedisError) -> StreamError {
+        self.pools.shared.forget_if_stuck(conn, &e);
         StreamError::from(e)
     }
 }

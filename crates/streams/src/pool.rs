@@ -8,12 +8,16 @@
 //! into three commands).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::ThreadId;
 use std::time::Duration;
 
+use deadpool_redis::redis::aio::ConnectionLike;
 use deadpool_redis::redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use deadpool_redis::redis::{AsyncConnectionConfig, Client};
+use deadpool_redis::redis::{
+    AsyncConnectionConfig, Client, Cmd, Pipeline, RedisError, RedisFuture, Value,
+};
 use deadpool_redis::{Manager, Pool, Runtime};
 
 use crate::{KeySpace, StreamError};
@@ -145,7 +149,37 @@ impl RedisPools {
 pub struct SharedConnections {
     client: Client,
     config: ConnectionManagerConfig,
-    by_thread: Arc<Mutex<HashMap<ThreadId, ConnectionManager>>>,
+    by_thread: Arc<Mutex<HashMap<ThreadId, SharedConnection>>>,
+    opened: Arc<AtomicU64>,
+}
+
+/// A connection from [`SharedConnections::get`]. It remembers which it is, so that forgetting
+/// it after a failure drops exactly it: on a multi-threaded runtime the task that failed may
+/// have moved to another thread since it took it.
+#[derive(Clone)]
+pub struct SharedConnection {
+    conn: ConnectionManager,
+    thread: ThreadId,
+    id: u64,
+}
+
+impl ConnectionLike for SharedConnection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        self.conn.req_packed_command(cmd)
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        self.conn.req_packed_commands(pipeline, offset, count)
+    }
+
+    fn get_db(&self) -> i64 {
+        self.conn.get_db()
+    }
 }
 
 impl std::fmt::Debug for SharedConnections {
@@ -170,6 +204,7 @@ impl SharedConnections {
             client,
             config,
             by_thread: Arc::default(),
+            opened: Arc::default(),
         })
     }
 
@@ -181,32 +216,44 @@ impl SharedConnections {
     ///
     /// # Panics
     /// Outside a tokio runtime.
-    pub fn get(&self) -> Result<ConnectionManager, StreamError> {
+    pub fn get(&self) -> Result<SharedConnection, StreamError> {
         let thread = std::thread::current().id();
-        let mut by_thread = self
-            .by_thread
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut by_thread = self.lock();
         if let Some(conn) = by_thread.get(&thread) {
             return Ok(conn.clone());
         }
-        let conn =
-            ConnectionManager::new_lazy_with_config(self.client.clone(), self.config.clone())
-                .map_err(StreamError::from)?;
+        let conn = SharedConnection {
+            conn: ConnectionManager::new_lazy_with_config(self.client.clone(), self.config.clone())
+                .map_err(StreamError::from)?,
+            thread,
+            id: self.opened.fetch_add(1, Ordering::Relaxed),
+        };
         by_thread.insert(thread, conn.clone());
         Ok(conn)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ThreadId, SharedConnection>> {
+        self.by_thread
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Call with the error of a command on this thread's connection: after a timeout the
     /// connection is dropped and the next [`SharedConnections::get`] opens a new one. (The
     /// connection reopens by itself when it breaks, but not when the server or the network
     /// silently stops answering: a multiplexed connection cannot tell that from slowness.)
-    pub fn forget_if_stuck(&self, error: &deadpool_redis::redis::RedisError) {
+    pub fn forget_if_stuck(&self, conn: &SharedConnection, error: &RedisError) {
         if error.is_timeout() {
-            self.by_thread
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .remove(&std::thread::current().id());
+            self.forget(conn);
+        }
+    }
+
+    /// Drops `conn` (if it is still its thread's): the next [`SharedConnections::get`] there
+    /// opens a new one. For callers whose own deadline ran out while it did not answer.
+    pub fn forget(&self, conn: &SharedConnection) {
+        let mut by_thread = self.lock();
+        if by_thread.get(&conn.thread).is_some_and(|c| c.id == conn.id) {
+            by_thread.remove(&conn.thread);
         }
     }
 }

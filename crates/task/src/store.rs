@@ -3,8 +3,8 @@
 //! events for the runner to append.
 
 use events::EventContext;
-use outbox::{CommandTx, param};
 use outbox::tokio_postgres::Row;
+use outbox::{CommandTx, param};
 use service_kit::command::CommandOutcome;
 use uuid::Uuid;
 

@@ -24,6 +24,7 @@ use outbox::listener::Listener;
 use outbox::relay::{OutboxRow, OutboxStore, PublishError};
 use outbox::{OutboxError, PgSettings};
 use resilience::{Backoff, Outage};
+use streams::pool::SharedConnection;
 use streams::publisher::{self, StreamEntry};
 use streams::{RedisPools, StreamError};
 use tokio::sync::{Notify, watch};
@@ -219,21 +220,36 @@ impl Relay {
                 p,
                 self.settings.batch_size,
                 lease,
-                async |rows: &[OutboxRow]| match tokio::time::timeout(
-                    self.publish_timeout(),
-                    self.xadd(partition, rows),
-                )
-                .await
-                {
-                    Ok(result) => result,
-                    Err(_) => Err(StreamError::Unavailable("XADD pipeline timed out".into())),
+                async |rows: &[OutboxRow]| {
+                    // The multiplexed connection: a pooled one costs a round trip of
+                    // `UNWATCH` + `PING` at every checkout, once per batch.
+                    let mut conn = self.redis.shared.get()?;
+                    let result = match tokio::time::timeout(
+                        self.publish_timeout(),
+                        self.xadd(&mut conn, partition, rows),
+                    )
+                    .await
+                    {
+                        Ok(result) => result,
+                        Err(_) => Err(StreamError::Unavailable("XADD pipeline timed out".into())),
+                    };
+                    if result.as_ref().is_err_and(StreamError::is_unavailable) {
+                        // It reconnects by itself when it breaks, not when it stalls.
+                        self.redis.shared.forget(&conn);
+                    }
+                    result
                 },
             )
             .await?;
         Ok(n)
     }
 
-    async fn xadd(&self, partition: u32, rows: &[OutboxRow]) -> Result<(), StreamError> {
+    async fn xadd(
+        &self,
+        conn: &mut SharedConnection,
+        partition: u32,
+        rows: &[OutboxRow],
+    ) -> Result<(), StreamError> {
         let streams: Vec<String> = rows
             .iter()
             .map(|r| self.routing.stream(&r.module, partition))
@@ -250,8 +266,7 @@ impl Relay {
                 envelope: &r.envelope,
             })
             .collect();
-        let mut conn = self.redis.commands.get().await?;
-        publisher::publish(&mut conn, &entries).await?;
+        publisher::publish(conn, &entries).await?;
         let now = time::OffsetDateTime::now_utc();
         for r in rows {
             metrics::counter!(m::EVENTS_PUBLISHED_TOTAL, "event_type" => r.event_type.clone())

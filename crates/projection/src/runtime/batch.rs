@@ -296,7 +296,9 @@ impl Projector {
             vec![]
         } else {
             let next = if prefetch { self.next_read() } else { None };
-            let mut conn = self.redis.commands.get().await?;
+            // The multiplexed connection: a pooled one costs a round trip of `UNWATCH` +
+            // `PING` at every checkout, once per batch.
+            let mut conn = self.redis.shared.get()?;
             // Readers wait on live writes (and re-drives); a replay building a generation
             // nobody reads yet has nobody to wake.
             let announce = (!matches!(source, Source::Rebuild(_))).then_some(&self.redis.keys);
@@ -306,7 +308,13 @@ impl Projector {
                 announce,
                 next.into_iter().collect(),
             )
-            .await?;
+            .await
+            .inspect_err(|e| {
+                if e.is_unavailable() {
+                    // It reconnects by itself when it breaks, not when it stalls.
+                    self.redis.shared.forget(&conn);
+                }
+            })?;
             if let Some(reply) = after.into_iter().next() {
                 match consumer::parse_read_reply(reply) {
                     Ok(next) => self.lock().prefetched = next,
