@@ -3,9 +3,10 @@
 //! Two pools: one for ordinary commands, with a response timeout so a stuck server fails fast,
 //! and one for blocking reads (`XREADGROUP … BLOCK`) with no response timeout. The redis crate's
 //! default 500 ms timeout would otherwise cut every blocking read short (ecosystem.md, trap 1).
-//! And, for request/response reads, [`SharedConnections`]: multiplexed connections that need
-//! no checkout (a pool's checkout sends `UNWATCH` + `PING` first, turning a one-`GET` read
-//! into three commands).
+//! And, for the hot request/response paths (query-api's reads, command-api's wake-ups, the
+//! relay's `XADD`, the projector's apply), [`SharedConnections`]: multiplexed connections that
+//! need no checkout (a pool's checkout sends `UNWATCH` + `PING` first and waits for it, turning
+//! a one-`GET` read into three commands, and a one-event batch into two round trips).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
