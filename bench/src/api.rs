@@ -16,14 +16,17 @@
 //!   rate is *sustained* when it was delivered and the backlog stayed bounded (its median over
 //!   the last ten seconds under half a second of commands). One command in fifty is followed by
 //!   a read with its consistency token: commit → visible as a reader sees it. CPU per command
-//!   of every process, from `/proc`. The rates stop at the first one not sustained.
+//!   of every process, from `/proc`. The rates stop at the first one not sustained; rounds
+//!   halving the gap between it and the last one sustained follow.
 //!
 //! The load generator runs in this process, on the same two cores: the ratios are what this
 //! host gives, generator included (as the limits' own generators, pgbench and
 //! redis-benchmark, share the cores too).
 //!
 //! Settings: `BENCH_API_SECONDS` (per round, default 10), `BENCH_API_CLIENTS` (default "16,64"),
-//! `BENCH_SUSTAIN_RATES`, `BENCH_SUSTAIN_SECONDS`, `DATABASE_URL`, `REDIS_URL`.
+//! `BENCH_SUSTAIN_RATES`, `BENCH_SUSTAIN_SECONDS`, `BENCH_SUSTAIN_REFINE` (rounds halving
+//! the gap between the last rate sustained and the first not, default 2), `DATABASE_URL`,
+//! `REDIS_URL`.
 
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -542,37 +545,34 @@ async fn run(
              | commands/s asked | delivered | sustained | backlog: max / median of the last 10 s | commit → visible p50 / p99 | CPU per command, µs: command-api / relay / PostgreSQL / projector / Redis / query-api | PostgreSQL's part for command-api / relay / projector |\n\
              |---|---|---|---|---|---|---|\n"
         ));
+        // The listed rates in order up to the first one not sustained; then halving the gap
+        // between it and the last one sustained, so the highest rate is not read off a coarse
+        // step (1,000/s apart by default).
         let mut highest = None;
+        let mut failed_at = None;
         for rate in rates {
-            let run = sustain(&ctx, rate, sustain_seconds).await?;
-            let per = |names: &[&str]| run.cpu_per_command(names);
-            report.push_str(&format!(
-                "| {rate} | {:.0}/s ({} failed, {} not sent: {} in flight already) | {} | {} / {} | {:.2} / {:.2} ms | {:.0} / {:.0} / {:.0} / {:.0} / {:.0} / {:.0} | {:.0} / {:.0} / {:.0} |\n",
-                run.delivered(),
-                run.failed,
-                run.shed,
-                IN_FLIGHT,
-                if run.sustained(rate) { "**yes**" } else { "no" },
-                run.backlog.iter().copied().max().unwrap_or(0),
-                run.tail_backlog(),
-                ms(percentile(&run.visible, 0.5)),
-                ms(percentile(&run.visible, 0.99)),
-                per(&["command-api"]),
-                per(&["outbox-relay"]),
-                per(&["postgres"]),
-                per(&["projector-worke"]),
-                per(&["redis-server"]),
-                per(&["query-api"]),
-                run.backend_per_command("command-api"),
-                run.backend_per_command("outbox-relay"),
-                run.backend_per_command("projector-worker"),
-            ));
-            let sustained = run.sustained(rate);
-            drain(&ctx, Duration::from_secs(60)).await?;
-            if !sustained {
+            if sustain_round(&ctx, rate, sustain_seconds, &mut report).await? {
+                highest = Some(rate);
+            } else {
+                failed_at = Some(rate);
                 break;
             }
-            highest = Some(rate);
+        }
+        let refine: u32 = env_or("BENCH_SUSTAIN_REFINE", 2);
+        if let Some(mut above) = failed_at {
+            let mut below = highest.unwrap_or(0);
+            for _ in 0..refine {
+                let mid = (below + above) / 2 / 50 * 50;
+                if mid <= below || mid >= above {
+                    break;
+                }
+                if sustain_round(&ctx, mid, sustain_seconds, &mut report).await? {
+                    below = mid;
+                    highest = Some(mid);
+                } else {
+                    above = mid;
+                }
+            }
         }
         // Next to what the machine gives the command's SQL alone (issue 14 asked 4k/s where
         // pgbench did 5.5k: 0.72 of it).
@@ -589,6 +589,41 @@ async fn run(
     }
     drop(procs);
     Ok(report)
+}
+
+/// One sustained round at `rate`: its row in `report`, then the backlog drained. Returns
+/// whether the rate was sustained.
+async fn sustain_round(
+    ctx: &Pipeline,
+    rate: u64,
+    seconds: u64,
+    report: &mut String,
+) -> anyhow::Result<bool> {
+    let run = sustain(ctx, rate, seconds).await?;
+    let per = |names: &[&str]| run.cpu_per_command(names);
+    report.push_str(&format!(
+        "| {rate} | {:.0}/s ({} failed, {} not sent: {} in flight already) | {} | {} / {} | {:.2} / {:.2} ms | {:.0} / {:.0} / {:.0} / {:.0} / {:.0} / {:.0} | {:.0} / {:.0} / {:.0} |\n",
+        run.delivered(),
+        run.failed,
+        run.shed,
+        IN_FLIGHT,
+        if run.sustained(rate) { "**yes**" } else { "no" },
+        run.backlog.iter().copied().max().unwrap_or(0),
+        run.tail_backlog(),
+        ms(percentile(&run.visible, 0.5)),
+        ms(percentile(&run.visible, 0.99)),
+        per(&["command-api"]),
+        per(&["outbox-relay"]),
+        per(&["postgres"]),
+        per(&["projector-worke"]),
+        per(&["redis-server"]),
+        per(&["query-api"]),
+        run.backend_per_command("command-api"),
+        run.backend_per_command("outbox-relay"),
+        run.backend_per_command("projector-worker"),
+    ));
+    drain(ctx, Duration::from_secs(60)).await?;
+    Ok(run.sustained(rate))
 }
 
 /// Requests of a sustained run in flight at most: beyond it, the command path is not keeping
