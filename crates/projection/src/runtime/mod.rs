@@ -118,6 +118,8 @@ pub struct Projector {
     rounds: watch::Sender<Rounds>,
     /// This process's identity in heartbeats (random per start).
     instance: String,
+    /// The blocking read's connection, kept between rounds (see [`Projector::consume_once`]).
+    reader: Mutex<Option<streams::deadpool_redis::Connection>>,
 }
 
 impl std::fmt::Debug for Projector {
@@ -182,6 +184,7 @@ impl Projector {
                 count: 0,
             }),
             instance: format!("{:016x}", rand_u64()),
+            reader: Mutex::new(None),
         }
     }
 
