@@ -77,48 +77,37 @@ impl Projector {
             }
             return Ok(BatchReport::default());
         }
-        let deliveries = if block.is_some() {
-            // The blocking read keeps its connection from round to round: a checkout from the
-            // pool costs a round trip of `UNWATCH` + `PING` before the read, once per wake-up,
-            // which at low rates is once per event. A failed read drops it (the pool's
-            // check-out then finds out whether it is broken).
-            let held = self
-                .reader
+        // The blocking read keeps its connection from round to round: a checkout from the
+        // pool costs a round trip of `UNWATCH` + `PING` before the read, once per wake-up,
+        // which at low rates is once per event. A failed read drops it (the pool's check-out
+        // then finds out whether it is broken).
+        let held = block.and_then(|_| {
+            self.reader
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .take();
-            let mut conn = match held {
-                Some(conn) => conn,
-                None => self.redis.blocking.get().await?,
-            };
-            let read = consumer::read_group(
-                &mut conn,
-                &self.group,
-                &self.settings.replica,
-                &streams,
-                consumer::ReadFrom::New,
-                self.settings.batch_size,
-                block,
-            )
-            .await?;
+                .take()
+        });
+        let mut conn = match (held, block) {
+            (Some(conn), _) => conn,
+            (None, Some(_)) => self.redis.blocking.get().await?,
+            (None, None) => self.redis.commands.get().await?,
+        };
+        let deliveries = consumer::read_group(
+            &mut conn,
+            &self.group,
+            &self.settings.replica,
+            &streams,
+            consumer::ReadFrom::New,
+            self.settings.batch_size,
+            block,
+        )
+        .await?;
+        if block.is_some() {
             *self
                 .reader
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(conn);
-            read
-        } else {
-            let mut conn = self.redis.commands.get().await?;
-            consumer::read_group(
-                &mut conn,
-                &self.group,
-                &self.settings.replica,
-                &streams,
-                consumer::ReadFrom::New,
-                self.settings.batch_size,
-                block,
-            )
-            .await?
-        };
+        }
         self.process_deliveries(deliveries, true).await
     }
 
