@@ -28,6 +28,7 @@ use std::task::{Context, Poll};
 
 use deadpool_postgres::Object;
 use futures::FutureExt as _;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Error, Row, Statement};
 
@@ -117,7 +118,7 @@ impl<'a> CommandTx<'a> {
         self.queue(Box::pin(async move { client.batch_execute("BEGIN").await }))
     }
 
-    /// Polls every sent statement once, keeping the first error.
+    /// Polls every sent statement once, keeping the error that aborted the transaction.
     fn poll_sent(&self, cx: &mut Context<'_>) -> bool {
         let mut sent = lock(&self.sent);
         let mut refused = lock(&self.refused);
@@ -125,7 +126,16 @@ impl<'a> CommandTx<'a> {
             Poll::Pending => true,
             Poll::Ready(Ok(())) => false,
             Poll::Ready(Err(e)) => {
-                refused.get_or_insert(e);
+                // Answers arrive in order, but with the connection driven on another thread a
+                // later statement's "transaction is aborted" can be seen in the same pass as,
+                // and before, the refusal that caused it: the cause wins.
+                let aborted = |e: &Error| e.code() == Some(&SqlState::IN_FAILED_SQL_TRANSACTION);
+                if refused
+                    .as_ref()
+                    .is_none_or(|kept| aborted(kept) && !aborted(&e))
+                {
+                    *refused = Some(e);
+                }
                 false
             }
         });

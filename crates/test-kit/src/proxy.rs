@@ -23,7 +23,6 @@ pub struct TcpProxy {
 /// Round trips seen across all connections: a client's bytes that follow an answer from the
 /// server (or open the conversation) start one; more bytes before the next answer (a pipelined
 /// request, a request split over several writes) belong to the same.
-#[derive(Default)]
 struct Turns {
     round_trips: AtomicU64,
     /// Whether the server spoke last, on the connection that spoke last (tests that count
