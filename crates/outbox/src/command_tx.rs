@@ -97,8 +97,7 @@ impl<'a> CommandTx<'a> {
     ///
     /// # Errors
     /// When the client refused it before sending (encoding, closed connection).
-    fn queue(&self, request: Sent<'a>) -> Result<(), Error> {
-        let mut request = request;
+    fn queue(&self, mut request: Sent<'a>) -> Result<(), Error> {
         let mut cx = Context::from_waker(futures::task::noop_waker_ref());
         match request.poll_unpin(&mut cx) {
             Poll::Ready(result) => result,

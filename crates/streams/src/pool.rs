@@ -249,8 +249,17 @@ impl SharedConnections {
         }
     }
 
+    /// [`SharedConnections::forget`]s `conn` when `error` (of work done on it, the caller's own
+    /// deadline included) says Redis did not answer: a stalled connection is not reopened by
+    /// itself.
+    pub fn forget_if_unavailable(&self, conn: &SharedConnection, error: &StreamError) {
+        if error.is_unavailable() {
+            self.forget(conn);
+        }
+    }
+
     /// Drops `conn` (if it is still its thread's): the next [`SharedConnections::get`] there
-    /// opens a new one. For callers whose own deadline ran out while it did not answer.
+    /// opens a new one.
     pub fn forget(&self, conn: &SharedConnection) {
         let mut by_thread = self.lock();
         if by_thread.get(&conn.thread).is_some_and(|c| c.id == conn.id) {

@@ -233,9 +233,8 @@ impl Relay {
                         Ok(result) => result,
                         Err(_) => Err(StreamError::Unavailable("XADD pipeline timed out".into())),
                     };
-                    if result.as_ref().is_err_and(StreamError::is_unavailable) {
-                        // It reconnects by itself when it breaks, not when it stalls.
-                        self.redis.shared.forget(&conn);
+                    if let Err(e) = &result {
+                        self.redis.shared.forget_if_unavailable(&conn, e);
                     }
                     result
                 },

@@ -322,12 +322,7 @@ impl Projector {
                 next.into_iter().collect(),
             )
             .await
-            .inspect_err(|e| {
-                if e.is_unavailable() {
-                    // It reconnects by itself when it breaks, not when it stalls.
-                    self.redis.shared.forget(&conn);
-                }
-            })?;
+            .inspect_err(|e| self.redis.shared.forget_if_unavailable(&conn, e))?;
             if let Some(reply) = after.into_iter().next() {
                 match consumer::parse_read_reply(reply) {
                     Ok(next) => self.lock().prefetched = next,
