@@ -5,7 +5,7 @@
 //! Exclusivity does not rest on clocks alone. Each partition has a *fence*: a
 //! transaction-scoped advisory lock keyed by schema and partition ([`fence_sql`]). A publish
 //! transaction holds it shared for its whole batch and checks the holder and expiry after
-//! taking it ([`crate::relay::OutboxStore::publish_batch`] with a holder); taking a lease over
+//! taking it ([`crate::relay::OutboxStore::publish_round`] with a holder); taking a lease over
 //! requires winning it exclusively (`pg_try_advisory_xact_lock`, skipping the partition this
 //! tick otherwise). So a new holder cannot take a lease while the old holder's batch is open,
 //! and an old holder that waited for a takeover to commit reads the new holder and stops. The

@@ -5,7 +5,7 @@
 //! # Delivery guarantee
 //! A command's business rows, its `event_store` rows and its `outbox` rows commit in one
 //! transaction, so an event exists exactly when its effect does. The relay deletes outbox rows
-//! only after Redis accepted them ([`relay::OutboxStore::publish_batch`]); a crash between the
+//! only after Redis accepted them ([`relay::OutboxStore::publish_round`]); a crash between the
 //! two publishes the same `event_id` again, so delivery is at-least-once and consumers dedupe
 //! on `(aggregate_id, aggregate_version)`.
 //!

@@ -36,10 +36,6 @@ pub enum PublishError<E: std::error::Error + 'static> {
     /// The publisher failed; the rows stay and nothing was deleted.
     #[error("publishing failed")]
     Publish(#[source] E),
-    /// This replica no longer holds the partition's lease (or has too little of it left to
-    /// finish a batch safely); nothing was read or published.
-    #[error("partition lease not held")]
-    LeaseLost,
 }
 
 /// Starts a relay transaction. Its commit need not wait for the WAL flush: if a crash loses
@@ -47,40 +43,65 @@ pub enum PublishError<E: std::error::Error + 'static> {
 /// at-least-once contract already allows. The command's own commit stays synchronous.
 const BEGIN: &str = "BEGIN; SET LOCAL synchronous_commit = off";
 
-/// Starts a relay transaction under the partition's fence: a transaction-scoped advisory lock
-/// taken shared, which a takeover must win exclusively first (see [`crate::lease`]). Advisory
-/// locks live in memory, so nothing before the XADD writes WAL or waits on the disk. It runs as
-/// its own statement, before [`SELECT_LEASED`], so the lease check that follows reads with a
-/// snapshot taken after the fence is held.
-fn begin_fenced(partition: i32) -> String {
+/// Starts a relay transaction under the fences of `partitions`: transaction-scoped advisory
+/// locks taken shared, which a takeover must win exclusively first (see [`crate::lease`]).
+/// Advisory locks live in memory, so nothing before the XADD writes WAL or waits on the disk.
+/// It runs as its own statement, before [`SELECT_LEASED`], so the lease check that follows
+/// reads with a snapshot taken after the fences are held. A taker only ever *tries* the fence,
+/// so taking several shared here cannot deadlock with it.
+fn begin_fenced(partitions: &[i32]) -> String {
+    // Integers only: written into the statement as they are.
+    let list = partitions
+        .iter()
+        .map(i32::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
     format!(
-        "{BEGIN}; SELECT {}",
-        crate::lease::fence_sql("pg_advisory_xact_lock_shared", &partition.to_string())
+        "{BEGIN}; SELECT {} FROM unnest('{{{list}}}'::int4[]) AS p",
+        crate::lease::fence_sql("pg_advisory_xact_lock_shared", "p")
     )
 }
 
-/// Reads a batch if the lease is held: one row whose first column says whether it is,
-/// followed by the batch's columns (NULL when the partition is empty).
+/// Reads a round if leases are held: every row's first column lists the partitions of `$1`
+/// held by `$3` for at least `$4` more seconds (NULL when none is), followed by the columns of
+/// up to `$2` of the oldest rows of each of them (NULL when all are empty). A limit per
+/// partition keeps each read on the `(partition, seq)` index whatever the backlog.
 const SELECT_LEASED: &str = "
     WITH lease AS MATERIALIZED (
         SELECT partition FROM relay_leases
-        WHERE partition = $1 AND holder = $3 AND expires_at > clock_timestamp() + make_interval(secs => $4)
+        WHERE partition = ANY($1) AND holder = $3 AND expires_at > clock_timestamp() + make_interval(secs => $4)
     )
-    SELECT EXISTS (SELECT 1 FROM lease), o.seq, o.event_id, o.event_type, o.module, o.partition, o.envelope, o.created_at
+    SELECT (SELECT array_agg(partition) FROM lease), o.seq, o.event_id, o.event_type, o.module, o.partition, o.envelope, o.created_at
     FROM (SELECT 1) AS one
     LEFT JOIN LATERAL (
-        SELECT seq, event_id, event_type, module, partition, envelope::text AS envelope, created_at
-        FROM outbox WHERE partition = $1 AND EXISTS (SELECT 1 FROM lease) ORDER BY seq LIMIT $2
+        SELECT r.* FROM lease CROSS JOIN LATERAL (
+            SELECT seq, event_id, event_type, module, partition, envelope::text AS envelope, created_at
+            FROM outbox WHERE partition = lease.partition ORDER BY seq LIMIT $2
+        ) AS r
     ) AS o ON true";
 
-/// The same without a lease (single-relay set-ups and tests).
+/// The same without leases (single-relay set-ups and tests): every partition asked is held.
 const SELECT_UNLEASED: &str = "
-    SELECT true, o.seq, o.event_id, o.event_type, o.module, o.partition, o.envelope, o.created_at
+    SELECT $1::int4[], o.seq, o.event_id, o.event_type, o.module, o.partition, o.envelope, o.created_at
     FROM (SELECT 1) AS one
     LEFT JOIN LATERAL (
-        SELECT seq, event_id, event_type, module, partition, envelope::text AS envelope, created_at
-        FROM outbox WHERE partition = $1 ORDER BY seq LIMIT $2
+        SELECT r.* FROM unnest($1::int4[]) AS lease(partition) CROSS JOIN LATERAL (
+            SELECT seq, event_id, event_type, module, partition, envelope::text AS envelope, created_at
+            FROM outbox WHERE partition = lease.partition ORDER BY seq LIMIT $2
+        ) AS r
     ) AS o ON true";
+
+/// What one round over several partitions did ([`OutboxStore::publish_round`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Round {
+    /// Rows published (and deleted).
+    pub published: usize,
+    /// Partitions that gave a full batch: more rows may wait there.
+    pub full: Vec<i32>,
+    /// Partitions asked for whose lease this replica does not hold (or has too little of it
+    /// left): nothing was read from them.
+    pub not_held: Vec<i32>,
+}
 
 /// A pooled connection inside a manually managed transaction. Unless [`OpenTransaction::finish`]
 /// is called (after COMMIT or ROLLBACK), dropping it removes the connection from the pool and
@@ -137,41 +158,46 @@ impl OutboxStore {
         &self.pool
     }
 
-    /// Publishes up to `limit` of the oldest rows of `partition` and deletes them.
+    /// Publishes up to `limit` of the oldest rows of each of `partitions` and deletes them, in
+    /// one transaction: one round trip to read, the publisher, one round trip to delete and
+    /// commit, however many partitions. At a low rate, where each partition has a row or two,
+    /// that is one transaction for all of them instead of one each.
     ///
-    /// With `lease = Some((holder, margin))` the transaction first locks the partition's lease
-    /// row and proceeds only if `holder` holds it for at least `margin` more; the lock is kept
-    /// until commit, so no other replica can take the lease over mid-batch (see
+    /// With `lease = Some((holder, margin))` the transaction first takes the partitions'
+    /// fences and reads only those `holder` holds for at least `margin` more; the fences are
+    /// kept until commit, so no other replica can take a lease over mid-batch (see
     /// [`crate::lease`]). `None` is for single-relay set-ups and tests.
     ///
-    /// Runs in one transaction: select the rows in `seq` order, await `publish` on them, delete
-    /// exactly those rows by `seq`, commit. Rows of a transaction that commits later with a
-    /// lower `seq` are simply found by a later call: nothing is skipped, because nothing is
+    /// `publish` gets the rows in `seq` order, so each partition's (and each aggregate's)
+    /// rows keep their commit order. Rows of a transaction that commits later with a lower
+    /// `seq` are simply found by a later call: nothing is skipped, because nothing is
     /// remembered between calls except what the table holds.
-    ///
-    /// Returns how many rows were published (0 when the partition is empty).
     ///
     /// # Errors
     /// [`PublishError::Publish`] when `publish` failed (rows kept), [`PublishError::Outbox`]
     /// when PostgreSQL failed.
-    pub async fn publish_batch<E, F>(
+    pub async fn publish_round<E, F>(
         &self,
-        partition: i32,
+        partitions: &[i32],
         limit: i64,
         lease: Option<(&str, std::time::Duration)>,
         publish: F,
-    ) -> Result<usize, PublishError<E>>
+    ) -> Result<Round, PublishError<E>>
     where
         E: std::error::Error + 'static,
         F: AsyncFnOnce(&[OutboxRow]) -> Result<(), E>,
     {
-        // Two round trips per batch: BEGIN pipelined with one statement that checks (and
-        // locks) the lease and reads the batch, then DELETE pipelined with COMMIT. The guard
-        // discards the connection if the batch is abandoned half-way, so an open transaction
-        // never goes back to the pool.
+        if partitions.is_empty() {
+            return Ok(Round::default());
+        }
+        // Two round trips per round: BEGIN pipelined with one statement that checks the
+        // leases and reads the rows, then DELETE pipelined with COMMIT. The guard discards
+        // the connection if the round is abandoned half-way, so an open transaction never
+        // goes back to the pool.
         let open = OpenTransaction(Some(self.pool.get().await.map_err(OutboxError::from)?));
         let client = open.client();
-        let (held, rows) = match lease {
+        let asked: Vec<i32> = partitions.to_vec();
+        let rows = match lease {
             Some((holder, margin)) => {
                 let stmt = client
                     .prepare_cached(SELECT_LEASED)
@@ -179,27 +205,30 @@ impl OutboxStore {
                     .map_err(OutboxError::from)?;
                 let margin = margin.as_secs_f64();
                 let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
-                    [&partition, &limit, &holder, &margin];
-                let begin = begin_fenced(partition);
+                    [&asked, &limit, &holder, &margin];
+                let begin = begin_fenced(partitions);
                 let (begin, rows) =
                     tokio::join!(client.batch_execute(&begin), client.query(&stmt, &params));
                 begin.map_err(OutboxError::from)?;
-                let rows = rows.map_err(OutboxError::from)?;
-                (rows.first().is_some_and(|r| r.get::<_, bool>(0)), rows)
+                rows.map_err(OutboxError::from)?
             }
             None => {
                 let stmt = client
                     .prepare_cached(SELECT_UNLEASED)
                     .await
                     .map_err(OutboxError::from)?;
-                let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&partition, &limit];
+                let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&asked, &limit];
                 let (begin, rows) =
                     tokio::join!(client.batch_execute(BEGIN), client.query(&stmt, &params));
                 begin.map_err(OutboxError::from)?;
-                (true, rows.map_err(OutboxError::from)?)
+                rows.map_err(OutboxError::from)?
             }
         };
-        let batch: Vec<OutboxRow> = rows
+        let held: Vec<i32> = rows
+            .first()
+            .and_then(|r| r.get::<_, Option<Vec<i32>>>(0))
+            .unwrap_or_default();
+        let mut batch: Vec<OutboxRow> = rows
             .iter()
             .filter(|r| r.get::<_, Option<i64>>(1).is_some())
             .map(|r| OutboxRow {
@@ -212,17 +241,23 @@ impl OutboxStore {
                 created_at: r.get(7),
             })
             .collect();
-        if !held || batch.is_empty() {
+        // Commit order within every partition, whatever order the plan returned them in.
+        batch.sort_unstable_by_key(|r| r.seq);
+        let not_held: Vec<i32> = partitions
+            .iter()
+            .copied()
+            .filter(|p| !held.contains(p))
+            .collect();
+        if batch.is_empty() {
             client
                 .batch_execute("ROLLBACK")
                 .await
                 .map_err(OutboxError::from)?;
             open.finish();
-            return if held {
-                Ok(0)
-            } else {
-                Err(PublishError::LeaseLost)
-            };
+            return Ok(Round {
+                not_held,
+                ..Round::default()
+            });
         }
         if let Err(e) = publish(&batch).await {
             client
@@ -247,7 +282,19 @@ impl OutboxStore {
         deleted.map_err(OutboxError::from)?;
         committed.map_err(OutboxError::from)?;
         open.finish();
-        Ok(batch.len())
+        let mut per_partition = std::collections::BTreeMap::<i32, i64>::new();
+        for r in &batch {
+            *per_partition.entry(r.partition).or_default() += 1;
+        }
+        let full = per_partition
+            .into_iter()
+            .filter_map(|(p, n)| (n >= limit).then_some(p))
+            .collect();
+        Ok(Round {
+            published: batch.len(),
+            full,
+            not_held,
+        })
     }
 
     /// Dead tuples in the outbox (PostgreSQL's statistics, approximate).

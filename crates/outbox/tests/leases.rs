@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use events::EventContext;
 use outbox::lease::LeaseStore;
-use outbox::relay::{OutboxStore, PublishError};
+use outbox::relay::{OutboxStore, Round};
 use test_kit::TestDb;
 use uuid::Uuid;
 
@@ -111,7 +111,7 @@ async fn no_takeover_while_the_holder_is_mid_batch_and_the_old_holder_is_fenced_
 
     // `a` publishes a batch that outlives its lease (a stalled Redis, say); meanwhile `b`
     // tries to take the expired lease.
-    let slow_batch = outbox.publish_batch(0, 10, Some(("a", Duration::ZERO)), async |_rows| {
+    let slow_batch = outbox.publish_round(&[0], 10, Some(("a", Duration::ZERO)), async |_rows| {
         tokio::time::sleep(Duration::from_millis(800)).await;
         Ok::<(), std::io::Error>(())
     });
@@ -120,7 +120,7 @@ async fn no_takeover_while_the_holder_is_mid_batch_and_the_old_holder_is_fenced_
         b.tick().await.expect("b tick").held
     };
     let (published, held_by_b_meanwhile) = tokio::join!(slow_batch, takeover);
-    assert_eq!(published.expect("a's batch commits"), 1);
+    assert_eq!(published.expect("a's batch commits").published, 1);
     assert!(
         held_by_b_meanwhile.is_empty(),
         "b must not hold the partition while a's batch is open"
@@ -129,19 +129,20 @@ async fn no_takeover_while_the_holder_is_mid_batch_and_the_old_holder_is_fenced_
     // Once a's batch is done, b takes over, and a is fenced off.
     assert_eq!(b.tick().await.expect("b").held, vec![0]);
     let fenced = outbox
-        .publish_batch(0, 10, Some(("a", Duration::ZERO)), async |_| {
+        .publish_round(&[0], 10, Some(("a", Duration::ZERO)), async |_| {
             Ok::<(), std::io::Error>(())
         })
-        .await;
-    assert!(matches!(fenced, Err(PublishError::LeaseLost)), "{fenced:?}");
+        .await
+        .expect("a's round");
+    assert_eq!(fenced.not_held, vec![0], "a is fenced off: {fenced:?}");
     let ok = outbox
-        .publish_batch(0, 10, Some(("b", Duration::ZERO)), async |_| {
+        .publish_round(&[0], 10, Some(("b", Duration::ZERO)), async |_| {
             Ok::<(), std::io::Error>(())
         })
         .await;
     assert_eq!(
         ok.expect("b publishes"),
-        0,
+        Round::default(),
         "nothing left: a's rows were deleted exactly once"
     );
 }
@@ -153,18 +154,70 @@ async fn a_batch_needs_enough_lease_left_to_start() {
     a.tick().await.expect("a");
     let outbox = OutboxStore::new(db.pool.clone());
     let r = outbox
-        .publish_batch(0, 10, Some(("a", Duration::from_secs(5))), async |_| {
+        .publish_round(&[0], 10, Some(("a", Duration::from_secs(5))), async |_| {
             Ok::<(), std::io::Error>(())
         })
-        .await;
-    assert!(
-        matches!(r, Err(PublishError::LeaseLost)),
+        .await
+        .expect("round");
+    assert_eq!(
+        r.not_held,
+        vec![0],
         "1 s lease, 5 s margin: refuse to start"
     );
     let r = outbox
-        .publish_batch(0, 10, Some(("a", Duration::from_millis(100))), async |_| {
+        .publish_round(
+            &[0],
+            10,
+            Some(("a", Duration::from_millis(100))),
+            async |_| Ok::<(), std::io::Error>(()),
+        )
+        .await
+        .expect("round");
+    assert!(r.not_held.is_empty());
+}
+
+/// A round over several partitions reads only those whose lease is held, and says which it
+/// left alone: a replica never publishes a peer's partition because it asked for too many.
+#[tokio::test]
+async fn a_round_over_several_partitions_reads_only_the_held_ones() {
+    let db = TestDb::new().await;
+    let ctx = EventContext::new(None, None, "test");
+    let (a, b) = (store(&db, "a", 2, 60_000), store(&db, "b", 2, 60_000));
+    a.tick().await.expect("a");
+    b.tick().await.expect("b");
+    assert_eq!(a.tick().await.expect("a").held, vec![0]);
+    assert_eq!(b.tick().await.expect("b").held, vec![1]);
+    let mut ids = std::collections::BTreeMap::new();
+    while ids.len() < 2 {
+        let id = Uuid::now_v7();
+        ids.entry(events::partition_for(id, 2)).or_insert(id);
+    }
+    for id in ids.values() {
+        let mut c = db.pool.get().await.expect("client");
+        let tx = c.transaction().await.expect("tx");
+        let e = ctx.envelope("Task", *id, 1, "task.created", serde_json::json!({}));
+        outbox::append_events(&tx, &[e], 2).await.expect("append");
+        tx.commit().await.expect("commit");
+    }
+    let outbox = OutboxStore::new(db.pool.clone());
+    let mut read = vec![];
+    let round = outbox
+        .publish_round(&[0, 1], 10, Some(("a", Duration::ZERO)), async |rows| {
+            read.extend(rows.iter().map(|r| r.partition));
             Ok::<(), std::io::Error>(())
         })
-        .await;
-    assert!(r.is_ok());
+        .await
+        .expect("a's round");
+    assert_eq!(read, vec![0], "only a's partition is read");
+    assert_eq!((round.published, round.not_held), (1, vec![1]));
+    let left: i64 = db
+        .pool
+        .get()
+        .await
+        .expect("client")
+        .query_one("SELECT count(*) FROM outbox WHERE partition = 1", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(left, 1, "b's row waits for b");
 }

@@ -194,7 +194,7 @@ async fn relay_batches_delete_only_rows_whose_publish_succeeded() {
     let store = OutboxStore::new(db.pool.clone());
 
     let failed = store
-        .publish_batch(p, 3, None, async |_rows| {
+        .publish_round(&[p], 3, None, async |_rows| {
             Err::<(), _>(std::io::Error::other("redis down"))
         })
         .await;
@@ -206,14 +206,15 @@ async fn relay_batches_delete_only_rows_whose_publish_succeeded() {
     );
 
     let mut seen = vec![];
-    let n = store
-        .publish_batch(p, 3, None, async |rows| {
+    let round = store
+        .publish_round(&[p], 3, None, async |rows| {
             seen.extend(rows.iter().map(|r| r.seq));
             Ok::<(), std::io::Error>(())
         })
         .await
         .expect("publish");
-    assert_eq!(n, 3);
+    assert_eq!(round.published, 3);
+    assert_eq!(round.full, vec![p], "a full batch: more may wait");
     assert!(
         seen.windows(2).all(|w| w[0] < w[1]),
         "sequence order: {seen:?}"
@@ -221,10 +222,77 @@ async fn relay_batches_delete_only_rows_whose_publish_succeeded() {
     assert_eq!(count(&db, "outbox").await, 2);
     assert_eq!(count(&db, "event_store").await, 5, "history is kept");
     let empty = store
-        .publish_batch(p + 1, 3, None, async |_| Ok::<(), std::io::Error>(()))
+        .publish_round(&[(p + 1) % 4], 3, None, async |_| {
+            Ok::<(), std::io::Error>(())
+        })
         .await
         .expect("other");
-    assert_eq!(empty, 0, "other partitions are untouched");
+    assert_eq!(empty.published, 0, "other partitions are untouched");
+}
+
+/// At a low rate each partition holds a row or two: one round reads them all in one
+/// transaction, a batch limit per partition, every partition's rows in commit order.
+#[tokio::test]
+async fn one_round_publishes_every_partition_asked_for_in_commit_order() {
+    let db = TestDb::new().await;
+    let store = OutboxStore::new(db.pool.clone());
+    // Aggregates until three partitions of four have one each, plus one with four events.
+    let mut by_partition = std::collections::BTreeMap::new();
+    while by_partition.len() < 3 {
+        let id = Uuid::now_v7();
+        by_partition
+            .entry(events::partition_for(id, 4) as i32)
+            .or_insert(id);
+    }
+    let busy = *by_partition.keys().next().expect("three partitions");
+    for (p, id) in &by_partition {
+        let versions = if *p == busy { 1..=4 } else { 1..=1 };
+        append_with(&db, &events_for(*id, versions), 4).await;
+    }
+    let asked: Vec<i32> = by_partition.keys().copied().collect();
+    let mut seen = vec![];
+    let round = store
+        .publish_round(&asked, 3, None, async |rows| {
+            seen.extend(rows.iter().map(|r| (r.partition, r.seq)));
+            Ok::<(), std::io::Error>(())
+        })
+        .await
+        .expect("publish");
+    assert_eq!(
+        round.published,
+        3 + 2,
+        "three of the busy one, one of each other"
+    );
+    assert_eq!(
+        round.full,
+        vec![busy],
+        "only the busy partition may hold more"
+    );
+    assert!(round.not_held.is_empty());
+    assert!(
+        seen.windows(2).all(|w| w[0].1 < w[1].1),
+        "commit order: {seen:?}"
+    );
+    assert_eq!(
+        seen.iter()
+            .map(|(p, _)| *p)
+            .collect::<std::collections::BTreeSet<_>>(),
+        asked.iter().copied().collect(),
+        "every partition asked for"
+    );
+    let rest = store
+        .publish_round(&asked, 3, None, async |rows| {
+            assert!(rows.iter().all(|r| r.partition == busy));
+            Ok::<(), std::io::Error>(())
+        })
+        .await
+        .expect("publish");
+    assert_eq!(
+        (rest.published, rest.full),
+        (1, vec![]),
+        "the busy one's last row"
+    );
+    assert_eq!(count(&db, "outbox").await, 0);
 }
 
 #[tokio::test]
@@ -242,7 +310,7 @@ async fn a_late_commit_with_a_lower_sequence_is_still_published() {
     append_with(&db, &events_for(late, 1..=1), 1).await;
     let mut published = vec![];
     store
-        .publish_batch(0, 100, None, async |rows| {
+        .publish_round(&[0], 100, None, async |rows| {
             published.extend(rows.iter().map(|r| r.event_id));
             Ok::<(), std::io::Error>(())
         })
@@ -252,7 +320,7 @@ async fn a_late_commit_with_a_lower_sequence_is_still_published() {
     slow_tx.commit().await.expect("late commit");
     let mut later = vec![];
     store
-        .publish_batch(0, 100, None, async |rows| {
+        .publish_round(&[0], 100, None, async |rows| {
             later.extend(rows.iter().map(|r| r.aggregate_id_of()));
             Ok::<(), std::io::Error>(())
         })

@@ -14,14 +14,13 @@
 //! - **Bounded storage.** Published rows are deleted; streams are trimmed only below what every
 //!   consumer group has acknowledged (`streams::retention`); `event_store` keeps history.
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use events::StreamRouting;
 use outbox::lease::LeaseStore;
 use outbox::listener::Listener;
-use outbox::relay::{OutboxRow, OutboxStore, PublishError};
+use outbox::relay::{OutboxRow, OutboxStore, PublishError, Round};
 use outbox::{OutboxError, PgSettings};
 use resilience::{Backoff, Outage};
 use streams::pool::SharedConnection;
@@ -42,9 +41,6 @@ pub enum RelayError {
     /// Redis failed.
     #[error("stream publish failed")]
     Streams(#[from] StreamError),
-    /// The partition's lease is not (or no longer) held by this replica.
-    #[error("partition lease not held")]
-    LeaseLost,
 }
 
 impl From<PublishError<StreamError>> for RelayError {
@@ -52,7 +48,6 @@ impl From<PublishError<StreamError>> for RelayError {
         match e {
             PublishError::Outbox(e) => Self::Outbox(e),
             PublishError::Publish(e) => Self::Streams(e),
-            PublishError::LeaseLost => Self::LeaseLost,
         }
     }
 }
@@ -82,11 +77,54 @@ pub struct Progress {
     pub listening: bool,
     /// Whether it follows the wake-ups sent through Redis (command-api's).
     pub following: bool,
-    /// Rounds in which a partition worker drained its partition, since it started: after one,
-    /// the worker waits for a wake-up (or the poll).
+    /// Rounds in which the publisher drained every partition it holds, since it started:
+    /// after one, it waits for a wake-up (or the poll).
     pub drains: u64,
     /// Batches that failed because a dependency did, since it started.
     pub failed_batches: u64,
+}
+
+/// What [`Relay::drain`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Drained {
+    /// Rows published.
+    pub published: usize,
+    /// Partitions found not held (or with too little lease left): none of their rows was read.
+    pub not_held: Vec<u32>,
+}
+
+/// Where wake-ups meet the publisher. A wake-up names the partitions its commits wrote; one
+/// naming only partitions held by other replicas is ignored.
+#[derive(Default)]
+struct Wake {
+    held: Mutex<Vec<u32>>,
+    notify: Notify,
+}
+
+impl Wake {
+    /// Look now, whatever the partitions.
+    fn all(&self) {
+        self.notify.notify_one();
+    }
+
+    /// Look now if `payload` (comma-separated partitions) names one this replica holds, or
+    /// cannot be read (an older writer: better a look for nothing than a missed row).
+    fn partitions(&self, payload: &str) {
+        let named: Vec<u32> = payload
+            .split(',')
+            .filter_map(|p| p.trim().parse().ok())
+            .collect();
+        let held = self.held.lock().map(|h| h.clone()).unwrap_or_default();
+        if named.is_empty() || named.iter().any(|p| held.contains(p)) {
+            self.notify.notify_one();
+        }
+    }
+
+    fn hold(&self, partitions: &[u32]) {
+        if let Ok(mut held) = self.held.lock() {
+            partitions.clone_into(&mut held);
+        }
+    }
 }
 
 /// Publishes the outbox.
@@ -112,7 +150,6 @@ impl Outages {
         let (tracker, err): (&Mutex<Outage>, &dyn std::error::Error) = match e {
             RelayError::Outbox(inner) => (&self.postgres, inner),
             RelayError::Streams(inner) => (&self.redis, inner),
-            RelayError::LeaseLost => return,
         };
         if let Ok(mut t) = tracker.lock() {
             t.failed(err);
@@ -205,28 +242,31 @@ impl Relay {
         self.lease_margin() / 2
     }
 
-    /// Publishes one batch of `partition` under this replica's lease. Returns how many rows
-    /// went out.
+    /// Publishes one round over `partitions` under this replica's leases: up to a batch of
+    /// each, in one transaction and one XADD pipeline (see [`OutboxStore::publish_round`]).
     ///
     /// # Errors
-    /// [`RelayError::LeaseLost`] when the lease is not held; PostgreSQL or Redis failures
-    /// otherwise. Rows not confirmed stay queued.
-    pub async fn publish_partition(&self, partition: u32) -> Result<usize, RelayError> {
-        let p = i32::try_from(partition).unwrap_or(i32::MAX);
+    /// PostgreSQL or Redis failures. Rows not confirmed stay queued; partitions whose lease is
+    /// not held are reported in [`Round::not_held`], not as an error.
+    pub async fn publish_round(&self, partitions: &[u32]) -> Result<Round, RelayError> {
+        let asked: Vec<i32> = partitions
+            .iter()
+            .filter_map(|p| i32::try_from(*p).ok())
+            .collect();
         let lease = Some((self.settings.holder.as_str(), self.lease_margin()));
-        let n = self
+        let round = self
             .store
-            .publish_batch(
-                p,
+            .publish_round(
+                &asked,
                 self.settings.batch_size,
                 lease,
                 async |rows: &[OutboxRow]| {
                     // The multiplexed connection: a pooled one costs a round trip of
-                    // `UNWATCH` + `PING` at every checkout, once per batch.
+                    // `UNWATCH` + `PING` at every checkout, once per round.
                     let mut conn = self.redis.shared.get()?;
                     let result = match tokio::time::timeout(
                         self.publish_timeout(),
-                        self.xadd(&mut conn, partition, rows),
+                        self.xadd(&mut conn, rows),
                     )
                     .await
                     {
@@ -240,18 +280,20 @@ impl Relay {
                 },
             )
             .await?;
-        Ok(n)
+        Ok(round)
     }
 
     async fn xadd(
         &self,
         conn: &mut SharedConnection,
-        partition: u32,
         rows: &[OutboxRow],
     ) -> Result<(), StreamError> {
         let streams: Vec<String> = rows
             .iter()
-            .map(|r| self.routing.stream(&r.module, partition))
+            .map(|r| {
+                let partition = u32::try_from(r.partition).unwrap_or_default();
+                self.routing.stream(&r.module, partition)
+            })
             .collect();
         let ids: Vec<String> = rows.iter().map(|r| r.event_id.to_string()).collect();
         let entries: Vec<StreamEntry<'_>> = rows
@@ -276,19 +318,27 @@ impl Relay {
         Ok(())
     }
 
-    /// Publishes `partition` until a batch comes back short. Returns how many rows went out.
+    /// Publishes `partitions` round after round until none gives a full batch: each round
+    /// after the first only covers the partitions whose batch came back full.
     ///
     /// # Errors
-    /// As [`Relay::publish_partition`].
-    pub async fn drain_partition(&self, partition: u32) -> Result<usize, RelayError> {
-        let mut total = 0;
-        loop {
-            let n = self.publish_partition(partition).await?;
-            total += n;
-            if (n as i64) < self.settings.batch_size {
-                return Ok(total);
-            }
+    /// As [`Relay::publish_round`].
+    pub async fn drain(&self, partitions: &[u32]) -> Result<Drained, RelayError> {
+        let mut drained = Drained::default();
+        let mut next: Vec<u32> = partitions.to_vec();
+        while !next.is_empty() {
+            let round = self.publish_round(&next).await?;
+            drained.published += round.published;
+            drained
+                .not_held
+                .extend(round.not_held.iter().filter_map(|p| u32::try_from(*p).ok()));
+            next = round
+                .full
+                .iter()
+                .filter_map(|p| u32::try_from(*p).ok())
+                .collect();
         }
+        Ok(drained)
     }
 
     /// Trims the streams of `partition` below what every group acknowledged; records stream
@@ -321,33 +371,31 @@ impl Relay {
         Ok(())
     }
 
-    /// Runs until `shutdown`. A lease manager ticks every third of the lease time and keeps one
-    /// worker per held partition; workers wake on a wake-up from Redis (`wake`: what
-    /// command-api sends, [`streams::wake`]), on a NOTIFY (a dedicated connection from `pg`,
-    /// for writers that notify there), or every poll interval. On shutdown, workers finish
-    /// their batch in hand, then the leases are released so peers take over at once.
+    /// Runs until `shutdown`. A lease manager ticks every third of the lease time; one
+    /// publisher drains every partition held, in one transaction per round (at a low rate a
+    /// round carries the few rows of all of them; under load each partition's batch fills).
+    /// It wakes on a wake-up from Redis (`wake`: what command-api sends, [`streams::wake`]), on
+    /// a NOTIFY (a dedicated connection from `pg`, for writers that notify there), at every
+    /// lease tick, or every poll interval. On shutdown, the publisher finishes its round in
+    /// hand, then the leases are released so peers take over at once.
     pub async fn run(
         &self,
         pg: PgSettings,
         wake: Option<streams::redis::Client>,
         shutdown: CancellationToken,
     ) {
-        let wakers: Arc<Vec<Notify>> = Arc::new(
-            (0..self.routing.partitions())
-                .map(|_| Notify::new())
-                .collect(),
-        );
+        let wakeup = Arc::new(Wake::default());
         let rebalance = Arc::new(Notify::new());
         let listener = tokio::spawn(listen(
             pg,
-            wakers.clone(),
+            wakeup.clone(),
             rebalance.clone(),
             self.progress.clone(),
             shutdown.clone(),
         ));
         let follower = wake.map(|client| {
-            let (wakers, keys, progress) = (
-                wakers.clone(),
+            let (wakeup, keys, progress) = (
+                wakeup.clone(),
                 self.redis.keys.clone(),
                 self.progress.clone(),
             );
@@ -360,15 +408,19 @@ impl Relay {
                             .send_if_modified(|p| std::mem::replace(&mut p.following, up) != up);
                         // Subscribed: look once for work committed before the subscription.
                         if up {
-                            wakers.iter().for_each(Notify::notify_one);
+                            wakeup.all();
                         }
                     },
-                    |payload| wake_partitions(&wakers, payload),
+                    |payload| wakeup.partitions(payload),
                 )
                 .await;
             })
         });
-        let mut workers: BTreeMap<u32, (CancellationToken, JoinHandle<()>)> = BTreeMap::new();
+        // Sent at every tick, changed or not: a partition a round found not held is retried
+        // once the manager has renewed (or really lost) it.
+        let (held_tx, held_rx) = watch::channel(Vec::<u32>::new());
+        let stop_publisher = CancellationToken::new();
+        let mut publisher: Option<JoinHandle<()>> = None;
         let mut held: Vec<u32> = vec![];
         let mut trim_due = Instant::now();
         let mut gauges_due = Instant::now();
@@ -397,10 +449,19 @@ impl Relay {
                     }
                     metrics::gauge!(m::PARTITIONS_HELD).set(held.len() as f64);
                 }
-                // Workers keep going: every batch re-checks its lease in PostgreSQL anyway.
+                // The publisher keeps going: every round re-checks its leases in PostgreSQL.
                 Err(e) => self.outages.failed(&RelayError::Outbox(e)),
             }
-            self.reconcile(&mut workers, &held, &wakers);
+            wakeup.hold(&held);
+            held_tx.send_replace(held.clone());
+            if publisher.as_ref().is_none_or(JoinHandle::is_finished) {
+                let relay = self.clone();
+                let (held_rx, wakeup, stop) =
+                    (held_rx.clone(), wakeup.clone(), stop_publisher.clone());
+                publisher = Some(tokio::spawn(async move {
+                    relay.publisher(held_rx, wakeup, stop).await;
+                }));
+            }
             if Instant::now() >= trim_due {
                 trim_due = Instant::now() + self.settings.trim_interval;
                 for p in &held {
@@ -424,11 +485,9 @@ impl Relay {
                 let _ = self.observe_pending().await;
             }
         }
-        for (token, _) in workers.values() {
-            token.cancel();
-        }
-        for (_, handle) in std::mem::take(&mut workers).into_values() {
-            let _ = handle.await;
+        stop_publisher.cancel();
+        if let Some(publisher) = publisher {
+            let _ = publisher.await;
         }
         listener.abort();
         if let Some(follower) = follower {
@@ -444,70 +503,54 @@ impl Relay {
         tracing::info!("relay stopped");
     }
 
-    /// Starts a worker for every held partition without a running one; stops workers of
-    /// partitions no longer held.
-    fn reconcile(
+    /// Drains the partitions `held` names, then waits for a wake-up, the next lease tick or
+    /// the poll, until `stop`.
+    async fn publisher(
         &self,
-        workers: &mut BTreeMap<u32, (CancellationToken, JoinHandle<()>)>,
-        held: &[u32],
-        wakers: &Arc<Vec<Notify>>,
-    ) {
-        workers.retain(|p, (token, handle)| {
-            let keep = held.contains(p) && !handle.is_finished();
-            if !keep {
-                token.cancel();
-            }
-            keep
-        });
-        for p in held {
-            if !workers.contains_key(p) {
-                let token = CancellationToken::new();
-                let relay = self.clone();
-                let wakers = wakers.clone();
-                let child = token.clone();
-                let p = *p;
-                workers.insert(
-                    p,
-                    (
-                        token,
-                        tokio::spawn(async move { relay.partition_worker(p, wakers, child).await }),
-                    ),
-                );
-            }
-        }
-    }
-
-    async fn partition_worker(
-        &self,
-        partition: u32,
-        wakers: Arc<Vec<Notify>>,
+        mut held: watch::Receiver<Vec<u32>>,
+        wakeup: Arc<Wake>,
         stop: CancellationToken,
     ) {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
-        let Some(wake) = wakers.get(partition as usize) else {
-            return;
-        };
+        // Partitions a round found not held are left alone until the manager's next tick:
+        // taking their fence round after round could keep a peer from winning it.
+        let mut not_held: Vec<u32> = vec![];
         while !stop.is_cancelled() {
-            match self.drain_partition(partition).await {
-                // An empty partition touched PostgreSQL only: it says nothing about Redis
+            if held.has_changed().unwrap_or(false) {
+                not_held.clear();
+            }
+            let partitions: Vec<u32> = held
+                .borrow_and_update()
+                .iter()
+                .copied()
+                .filter(|p| !not_held.contains(p))
+                .collect();
+            let outcome = if partitions.is_empty() {
+                Ok(Drained::default())
+            } else {
+                self.drain(&partitions).await
+            };
+            match outcome {
+                // An empty round touched PostgreSQL only: it says nothing about Redis
                 // (counting it as Redis's recovery logged an outage as many short ones).
-                Ok(published) => {
-                    if published == 0 {
+                Ok(drained) => {
+                    if partitions.is_empty() {
+                        // Nothing held: nothing was asked of anyone.
+                    } else if drained.published == 0 {
                         self.outages.postgres_succeeded();
                     } else {
                         self.outages.succeeded();
                     }
+                    not_held.extend(drained.not_held);
                     backoff.reset();
                     self.progress.send_modify(|p| p.drains += 1);
                     tokio::select! {
-                        () = wake.notified() => {}
+                        () = wakeup.notify.notified() => {}
+                        changed = held.changed() => if changed.is_err() { return },
                         () = tokio::time::sleep(self.settings.poll_interval) => {}
                         () = stop.cancelled() => {}
                     }
                 }
-                // The lease moved (or is about to): the manager restarts this worker if it
-                // comes back.
-                Err(RelayError::LeaseLost) => return,
                 Err(e) => {
                     self.outages.failed(&e);
                     self.progress.send_modify(|p| p.failed_batches += 1);
@@ -526,7 +569,7 @@ impl Relay {
 /// workers report PostgreSQL outages.
 async fn listen(
     pg: PgSettings,
-    wakers: Arc<Vec<Notify>>,
+    wakeup: Arc<Wake>,
     rebalance: Arc<Notify>,
     progress: Arc<watch::Sender<Progress>>,
     shutdown: CancellationToken,
@@ -534,7 +577,6 @@ async fn listen(
     let listening =
         |up: bool| progress.send_if_modified(|p| std::mem::replace(&mut p.listening, up) != up);
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
-    let wake_all = |w: &Vec<Notify>| w.iter().for_each(Notify::notify_one);
     while !shutdown.is_cancelled() {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
         match Listener::start(&pg, &outbox::notify_channel(&pg.schema), tx).await {
@@ -542,12 +584,12 @@ async fn listen(
                 backoff.reset();
                 listening(true);
                 // Subscribed: look once for work committed before the subscription existed.
-                wake_all(&wakers);
+                wakeup.all();
                 loop {
                     tokio::select! {
                         payload = rx.recv() => match payload {
                             Some(payload) if payload == outbox::lease::REBALANCE => rebalance.notify_one(),
-                            Some(payload) => wake_partitions(&wakers, &payload),
+                            Some(payload) => wakeup.partitions(&payload),
                             None => break,
                         },
                         () = l.closed() => {
@@ -565,27 +607,10 @@ async fn listen(
         listening(false);
         // Rows committed while disconnected are found by the poll fallback; wake everyone
         // once anyway so a recovery is not delayed by a full poll interval.
-        wake_all(&wakers);
+        wakeup.all();
         tokio::select! {
             () = tokio::time::sleep(backoff.next_delay_jittered()) => {}
             () = shutdown.cancelled() => return,
         }
-    }
-}
-
-fn wake_partitions(wakers: &[Notify], payload: &str) {
-    let mut any = false;
-    for p in payload
-        .split(',')
-        .filter_map(|p| p.trim().parse::<usize>().ok())
-    {
-        if let Some(w) = wakers.get(p) {
-            w.notify_one();
-            any = true;
-        }
-    }
-    if !any {
-        // An unparsable payload (an older writer): wake everyone rather than miss work.
-        wakers.iter().for_each(Notify::notify_one);
     }
 }
