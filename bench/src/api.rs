@@ -25,8 +25,9 @@
 //!
 //! Settings: `BENCH_API_SECONDS` (per round, default 10), `BENCH_API_CLIENTS` (default "16,64"),
 //! `BENCH_SUSTAIN_RATES`, `BENCH_SUSTAIN_SECONDS`, `BENCH_SUSTAIN_REFINE` (rounds halving
-//! the gap between the last rate sustained and the first not, default 2), `DATABASE_URL`,
-//! `REDIS_URL`.
+//! the gap between the last rate sustained and the first not, default 2),
+//! `BENCH_RELAY_LINGER_US` (the relay's `RELAY_LINGER_US`, its own default unless set),
+//! `DATABASE_URL`, `REDIS_URL`.
 
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -364,7 +365,7 @@ async fn run(
     clients: &[usize],
 ) -> anyhow::Result<String> {
     let env = |port: u16| -> Vec<(&str, String)> {
-        vec![
+        let mut env = vec![
             ("DATABASE_URL", pg_url()),
             ("DATABASE_SCHEMA", schema.to_owned()),
             ("REDIS_URL", redis_url()),
@@ -375,7 +376,12 @@ async fn run(
             ("HTTP_ADDR", format!("127.0.0.1:{port}")),
             ("ADMIN_TOKENS", "bench:api-bench-operator-token".to_owned()),
             ("RUST_LOG", "warn".to_owned()),
-        ]
+        ];
+        // The relay's own default unless a run asks for another.
+        if let Ok(linger) = std::env::var("BENCH_RELAY_LINGER_US") {
+            env.push(("RELAY_LINGER_US", linger));
+        }
+        env
     };
     let mut procs = Vec::new();
     let mut urls = BTreeMap::new();

@@ -52,6 +52,11 @@ pub struct Settings {
     /// Poll fallback when no NOTIFY arrives, milliseconds.
     #[arg(long, env = "RELAY_POLL_INTERVAL_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=60_000))]
     pub relay_poll_interval_ms: u64,
+    /// The least time between the starts of two rounds started by wake-ups, microseconds:
+    /// the rows of a steady stream share a transaction; a wake-up after a quiet spell
+    /// publishes at once (0: every wake-up at once).
+    #[arg(long, env = "RELAY_LINGER_US", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
+    pub relay_linger_us: u64,
     /// Partition lease lifetime, milliseconds: how long a dead replica's partitions wait
     /// before others take them.
     #[arg(long, env = "RELAY_LEASE_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(300..=600_000))]
@@ -106,6 +111,7 @@ impl Application {
                 holder: settings.relay_id.clone().unwrap_or_else(default_holder),
                 batch_size: settings.relay_batch_size,
                 poll_interval: Duration::from_millis(settings.relay_poll_interval_ms),
+                linger: Duration::from_micros(settings.relay_linger_us),
                 lease_ttl: Duration::from_millis(settings.relay_lease_ms),
                 trim_interval: Duration::from_millis(settings.relay_trim_interval_ms),
                 vacuum_interval: Duration::from_millis(settings.relay_vacuum_interval_ms),

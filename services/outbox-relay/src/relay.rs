@@ -61,6 +61,12 @@ pub struct RelaySettings {
     pub batch_size: i64,
     /// Poll when no notification arrives for this long.
     pub poll_interval: Duration,
+    /// The least time between the starts of two rounds a wake-up starts: a wake-up that comes
+    /// sooner waits for the rest of it, so that the rows of a steady stream share a
+    /// transaction (a round costs PostgreSQL a transaction whatever it carries). A wake-up
+    /// after a quiet spell starts its round at once, and a backlog is drained round after
+    /// round: only a busy stream of single rows waits, at most this long.
+    pub linger: Duration,
     /// Lease lifetime; renewed every third of it.
     pub lease_ttl: Duration,
     /// How often held partitions' streams are trimmed.
@@ -139,7 +145,7 @@ pub struct Relay {
     progress: Arc<watch::Sender<Progress>>,
 }
 
-/// Outage trackers shared by every partition worker, so one outage logs once.
+/// Outage trackers shared by the publisher and the lease manager, so one outage logs once.
 struct Outages {
     postgres: Mutex<Outage>,
     redis: Mutex<Outage>,
@@ -515,6 +521,8 @@ impl Relay {
         // Partitions a round found not held are left alone until the manager's next tick:
         // taking their fence round after round could keep a peer from winning it.
         let mut not_held: Vec<u32> = vec![];
+        // When the last round started (see `RelaySettings::linger`).
+        let mut started: Option<tokio::time::Instant> = None;
         while !stop.is_cancelled() {
             if held.has_changed().unwrap_or(false) {
                 not_held.clear();
@@ -528,6 +536,7 @@ impl Relay {
             let outcome = if partitions.is_empty() {
                 Ok(Drained::default())
             } else {
+                started = Some(tokio::time::Instant::now());
                 self.drain(&partitions).await
             };
             match outcome {
@@ -544,11 +553,17 @@ impl Relay {
                     not_held.extend(drained.not_held);
                     backoff.reset();
                     self.progress.send_modify(|p| p.drains += 1);
-                    tokio::select! {
-                        () = wakeup.notify.notified() => {}
-                        changed = held.changed() => if changed.is_err() { return },
-                        () = tokio::time::sleep(self.settings.poll_interval) => {}
-                        () = stop.cancelled() => {}
+                    let woken = tokio::select! {
+                        () = wakeup.notify.notified() => true,
+                        changed = held.changed() => if changed.is_err() { return } else { false },
+                        () = tokio::time::sleep(self.settings.poll_interval) => false,
+                        () = stop.cancelled() => false,
+                    };
+                    if woken && let Some(started) = started {
+                        tokio::select! {
+                            () = tokio::time::sleep_until(started + self.settings.linger) => {}
+                            () = stop.cancelled() => {}
+                        }
                     }
                 }
                 Err(e) => {
@@ -612,5 +627,36 @@ async fn listen(
             () = tokio::time::sleep(backoff.next_delay_jittered()) => {}
             () = shutdown.cancelled() => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::Wake;
+
+    /// Whether a look was asked for (a stored permit completes `notified` at its first poll).
+    async fn woken(wake: &Wake) -> bool {
+        tokio::time::timeout(Duration::ZERO, wake.notify.notified())
+            .await
+            .is_ok()
+    }
+
+    #[tokio::test]
+    async fn a_wake_up_for_partitions_held_elsewhere_is_ignored() {
+        let wake = Wake::default();
+        wake.hold(&[1, 3]);
+        wake.partitions("0,2");
+        assert!(!woken(&wake).await, "nothing of ours was written");
+        wake.partitions("2,3");
+        assert!(woken(&wake).await, "partition 3 is ours");
+        wake.partitions("rebalanced?");
+        assert!(
+            woken(&wake).await,
+            "an unreadable payload wakes rather than risk a miss"
+        );
+        wake.all();
+        assert!(woken(&wake).await);
     }
 }

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use outbox_relay::Settings;
 use test_kit::eventually;
 use test_kit::proxy::TcpProxy;
 use uuid::Uuid;
@@ -107,6 +108,44 @@ async fn a_wake_up_through_redis_wakes_the_relay_long_before_the_poll_interval()
         || async { (f.published().await == vec![(id, 1), (id, 2)]).then_some(()) },
     )
     .await;
+    shutdown.cancel();
+}
+
+/// A steady stream of one-row commits, each with its wake-up: rounds start at most once per
+/// linger, so the rows share transactions instead of costing one each.
+#[tokio::test]
+async fn a_steady_stream_of_wake_ups_shares_rounds() {
+    let f = Fixture::new(4).await;
+    let Running {
+        shutdown,
+        mut progress,
+        ..
+    } = f
+        .start(Settings {
+            relay_linger_us: 300_000,
+            // No lease ticks or polls during the test: only wake-ups start rounds.
+            relay_lease_ms: 60_000,
+            ..f.settings(&test_kit::database_url(), &test_kit::redis_url(), 60_000)
+        })
+        .await;
+    progress
+        .wait_for(|p| p.listening && p.following && p.drains > 0)
+        .await
+        .expect("relay running");
+    let before = progress.borrow().drains;
+    let ids: Vec<Uuid> = (0..20).map(|_| Uuid::now_v7()).collect();
+    for id in &ids {
+        f.write(*id, 1..=1).await;
+    }
+    eventually(Duration::from_secs(10), "all published", || async {
+        (f.published().await.len() == ids.len()).then_some(())
+    })
+    .await;
+    let rounds = progress.borrow().drains - before;
+    assert!(
+        rounds < 10,
+        "20 commits in {rounds} rounds: wake-ups within the linger share a round"
+    );
     shutdown.cancel();
 }
 
