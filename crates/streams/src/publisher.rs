@@ -28,7 +28,13 @@ pub struct StreamEntry<'a> {
     pub envelope: &'a str,
 }
 
-/// `XADD`s every entry in one pipeline, in order, and returns the entry ids.
+/// `XADD`s every entry in one pipeline, in order, inside one `MULTI`/`EXEC`, and returns the
+/// entry ids.
+///
+/// The transaction is for the readers: Redis serves a reader blocked on a stream right after
+/// the command that fed it, so without it a reader of a batch's streams wakes up (and reads,
+/// applies, acknowledges) once per entry; with it, once per batch, with every entry. A reader
+/// never sees part of a batch either.
 ///
 /// Entries are never trimmed here (no `MAXLEN`): a blind cap drops events a slow consumer has
 /// not read. Retention trims only below what every group acknowledged.
@@ -44,6 +50,7 @@ pub async fn publish(
         return Ok(vec![]);
     }
     let mut pipe = redis::pipe();
+    pipe.atomic();
     for e in entries {
         pipe.cmd("XADD")
             .arg(e.stream)
