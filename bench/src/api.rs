@@ -377,10 +377,7 @@ async fn run(
             ("ADMIN_TOKENS", "bench:api-bench-operator-token".to_owned()),
             ("RUST_LOG", "warn".to_owned()),
         ];
-        // The relay's own default unless a run asks for another.
-        if let Ok(linger) = std::env::var("BENCH_RELAY_LINGER_US") {
-            env.push(("RELAY_LINGER_US", linger));
-        }
+        env.extend(bench::relay_linger_env());
         env
     };
     let mut procs = Vec::new();

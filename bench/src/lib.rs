@@ -6,6 +6,15 @@ use std::time::Duration;
 
 use streams::{RedisPools, redis};
 
+/// `RELAY_LINGER_US` for the relays a bench starts, when the run asks for one with
+/// `BENCH_RELAY_LINGER_US`; `None` leaves the relay's own default.
+#[must_use]
+pub fn relay_linger_env() -> Option<(&'static str, String)> {
+    std::env::var("BENCH_RELAY_LINGER_US")
+        .ok()
+        .map(|v| ("RELAY_LINGER_US", v))
+}
+
 /// `key` parsed from the environment, else `default`. A value that does not parse stops the
 /// benchmark with a clear message: silently measuring something else would be worse.
 #[must_use]

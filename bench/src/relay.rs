@@ -203,23 +203,22 @@ async fn run(
     // The relay under test is the release binary, as deployed: its own process and runtime,
     // not sharing one with this program's writers and reader.
     let start_relay = || -> anyhow::Result<Process> {
-        Ok(Process::spawn(
-            "outbox-relay",
-            &[
-                ("DATABASE_URL", cfg.pg_url.clone()),
-                ("DATABASE_SCHEMA", schema.to_owned()),
-                ("REDIS_URL", cfg.redis_url.clone()),
-                ("REDIS_KEY_PREFIX", prefix.to_owned()),
-                ("STREAM_PARTITIONS", cfg.partitions.to_string()),
-                ("RELAY_BATCH_SIZE", BATCH.to_string()),
-                (
-                    "RELAY_VACUUM_INTERVAL_MS",
-                    env_or("BENCH_VACUUM_MS", 5000u64).to_string(),
-                ),
-                ("HTTP_ADDR", "127.0.0.1:0".to_owned()),
-                ("RUST_LOG", "warn".to_owned()),
-            ],
-        )?)
+        let mut env = vec![
+            ("DATABASE_URL", cfg.pg_url.clone()),
+            ("DATABASE_SCHEMA", schema.to_owned()),
+            ("REDIS_URL", cfg.redis_url.clone()),
+            ("REDIS_KEY_PREFIX", prefix.to_owned()),
+            ("STREAM_PARTITIONS", cfg.partitions.to_string()),
+            ("RELAY_BATCH_SIZE", BATCH.to_string()),
+            (
+                "RELAY_VACUUM_INTERVAL_MS",
+                env_or("BENCH_VACUUM_MS", 5000u64).to_string(),
+            ),
+            ("HTTP_ADDR", "127.0.0.1:0".to_owned()),
+            ("RUST_LOG", "warn".to_owned()),
+        ];
+        env.extend(bench::relay_linger_env());
+        Ok(Process::spawn("outbox-relay", &env)?)
     };
 
     // Steady state first, on a fresh outbox: latency right after draining a large backlog is

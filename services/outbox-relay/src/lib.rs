@@ -55,7 +55,7 @@ pub struct Settings {
     /// The least time between the starts of two rounds started by wake-ups, microseconds:
     /// the rows of a steady stream share a transaction; a wake-up after a quiet spell
     /// publishes at once (0: every wake-up at once).
-    #[arg(long, env = "RELAY_LINGER_US", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
+    #[arg(long, env = "RELAY_LINGER_US", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
     pub relay_linger_us: u64,
     /// Partition lease lifetime, milliseconds: how long a dead replica's partitions wait
     /// before others take them.

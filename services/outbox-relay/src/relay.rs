@@ -324,27 +324,40 @@ impl Relay {
         Ok(())
     }
 
-    /// Publishes `partitions` round after round until none gives a full batch: each round
-    /// after the first only covers the partitions whose batch came back full.
+    /// Publishes `partitions` until none gives a full batch: one round over all of them (at
+    /// a low rate, the only one), then every partition that came back full is drained on its
+    /// own, all of them at once, so that a backlog keeps PostgreSQL and Redis busy side by
+    /// side (one partition's XADDs while another's rows are read) as separate workers would.
     ///
     /// # Errors
-    /// As [`Relay::publish_round`].
+    /// As [`Relay::publish_round`]: the first failure, once every partition in flight has
+    /// stopped (their rows stay queued).
     pub async fn drain(&self, partitions: &[u32]) -> Result<Drained, RelayError> {
-        let mut drained = Drained::default();
-        let mut next: Vec<u32> = partitions.to_vec();
-        while !next.is_empty() {
-            let round = self.publish_round(&next).await?;
-            drained.published += round.published;
-            drained
-                .not_held
-                .extend(round.not_held.iter().filter_map(|p| u32::try_from(*p).ok()));
-            next = round
-                .full
-                .iter()
-                .filter_map(|p| u32::try_from(*p).ok())
-                .collect();
+        let round = self.publish_round(partitions).await?;
+        let mut drained = Drained {
+            published: round.published,
+            not_held: to_u32(&round.not_held),
+        };
+        let backlog = to_u32(&round.full).into_iter().map(|p| self.drain_one(p));
+        for result in futures::future::join_all(backlog).await {
+            let one = result?;
+            drained.published += one.published;
+            drained.not_held.extend(one.not_held);
         }
         Ok(drained)
+    }
+
+    /// Publishes `partition` until a batch comes back short.
+    async fn drain_one(&self, partition: u32) -> Result<Drained, RelayError> {
+        let mut drained = Drained::default();
+        loop {
+            let round = self.publish_round(&[partition]).await?;
+            drained.published += round.published;
+            drained.not_held.extend(to_u32(&round.not_held));
+            if round.full.is_empty() {
+                return Ok(drained);
+            }
+        }
     }
 
     /// Trims the streams of `partition` below what every group acknowledged; records stream
@@ -577,6 +590,13 @@ impl Relay {
             }
         }
     }
+}
+
+fn to_u32(partitions: &[i32]) -> Vec<u32> {
+    partitions
+        .iter()
+        .filter_map(|p| u32::try_from(*p).ok())
+        .collect()
 }
 
 /// Keeps a LISTEN session open, reconnecting with backoff. A notification's payload lists the

@@ -54,7 +54,7 @@ pub fn settings(
         http_addr: "127.0.0.1:0".parse().expect("addr"),
         relay_batch_size: 100,
         relay_poll_interval_ms: 200,
-        relay_linger_us: 2000,
+        relay_linger_us: 1000,
         relay_lease_ms: 1500,
         relay_trim_interval_ms: 60_000,
         relay_vacuum_interval_ms: 5000,
