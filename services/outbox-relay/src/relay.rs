@@ -101,9 +101,9 @@ pub struct Drained {
 
 /// Where wake-ups meet the publisher. A wake-up names the partitions its commits wrote; one
 /// naming only partitions held by other replicas is ignored.
-#[derive(Default)]
 struct Wake {
-    held: Mutex<Vec<u32>>,
+    /// What the lease manager last said this replica holds.
+    held: watch::Receiver<Vec<u32>>,
     notify: Notify,
 }
 
@@ -120,15 +120,9 @@ impl Wake {
             .split(',')
             .filter_map(|p| p.trim().parse().ok())
             .collect();
-        let held = self.held.lock().map(|h| h.clone()).unwrap_or_default();
-        if named.is_empty() || named.iter().any(|p| held.contains(p)) {
+        let ours = named.is_empty() || named.iter().any(|p| self.held.borrow().contains(p));
+        if ours {
             self.notify.notify_one();
-        }
-    }
-
-    fn hold(&self, partitions: &[u32]) {
-        if let Ok(mut held) = self.held.lock() {
-            partitions.clone_into(&mut held);
         }
     }
 }
@@ -403,7 +397,13 @@ impl Relay {
         wake: Option<streams::redis::Client>,
         shutdown: CancellationToken,
     ) {
-        let wakeup = Arc::new(Wake::default());
+        // Sent at every tick, changed or not: a partition a round found not held is retried
+        // once the manager has renewed (or really lost) it.
+        let (held_tx, held_rx) = watch::channel(Vec::<u32>::new());
+        let wakeup = Arc::new(Wake {
+            held: held_rx.clone(),
+            notify: Notify::new(),
+        });
         let rebalance = Arc::new(Notify::new());
         let listener = tokio::spawn(listen(
             pg,
@@ -435,9 +435,6 @@ impl Relay {
                 .await;
             })
         });
-        // Sent at every tick, changed or not: a partition a round found not held is retried
-        // once the manager has renewed (or really lost) it.
-        let (held_tx, held_rx) = watch::channel(Vec::<u32>::new());
         let stop_publisher = CancellationToken::new();
         let mut publisher: Option<JoinHandle<()>> = None;
         let mut held: Vec<u32> = vec![];
@@ -471,7 +468,6 @@ impl Relay {
                 // The publisher keeps going: every round re-checks its leases in PostgreSQL.
                 Err(e) => self.outages.failed(&RelayError::Outbox(e)),
             }
-            wakeup.hold(&held);
             held_tx.send_replace(held.clone());
             if publisher.as_ref().is_none_or(JoinHandle::is_finished) {
                 let relay = self.clone();
@@ -665,8 +661,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_wake_up_for_partitions_held_elsewhere_is_ignored() {
-        let wake = Wake::default();
-        wake.hold(&[1, 3]);
+        let (_held, rx) = tokio::sync::watch::channel(vec![1, 3]);
+        let wake = Wake {
+            held: rx,
+            notify: tokio::sync::Notify::new(),
+        };
         wake.partitions("0,2");
         assert!(!woken(&wake).await, "nothing of ours was written");
         wake.partitions("2,3");
