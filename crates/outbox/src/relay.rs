@@ -43,24 +43,19 @@ pub enum PublishError<E: std::error::Error + 'static> {
 /// at-least-once contract already allows. The command's own commit stays synchronous.
 const BEGIN: &str = "BEGIN; SET LOCAL synchronous_commit = off";
 
-/// Starts a relay transaction under the fences of `partitions`: transaction-scoped advisory
-/// locks taken shared, which a takeover must win exclusively first (see [`crate::lease`]).
-/// Advisory locks live in memory, so nothing before the XADD writes WAL or waits on the disk.
-/// It runs as its own statement, before [`SELECT_LEASED`], so the lease check that follows
-/// reads with a snapshot taken after the fences are held. A taker only ever *tries* the fence,
-/// so taking several shared here cannot deadlock with it.
-fn begin_fenced(partitions: &[i32]) -> String {
-    // Integers only: written into the statement as they are.
-    let list = partitions
-        .iter()
-        .map(i32::to_string)
-        .collect::<Vec<_>>()
-        .join(",");
+/// Takes the fences of the partitions in `$1`: transaction-scoped advisory locks taken
+/// shared, which a takeover must win exclusively first (see [`crate::lease`]). Advisory locks
+/// live in memory, so nothing before the XADD writes WAL or waits on the disk. It runs as its
+/// own statement, after [`BEGIN`] and before [`SELECT_LEASED`], so the lease check that follows
+/// reads with a snapshot taken after the fences are held; prepared, so a round does not plan
+/// it again. A taker only ever *tries* the fence, so taking several shared here cannot
+/// deadlock with it.
+static FENCE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
-        "{BEGIN}; SELECT {} FROM unnest('{{{list}}}'::int4[]) AS p",
+        "SELECT {} FROM unnest($1::int4[]) AS p",
         crate::lease::fence_sql("pg_advisory_xact_lock_shared", "p")
     )
-}
+});
 
 /// Reads a round if leases are held: every row's first column lists the partitions of `$1`
 /// held by `$3` for at least `$4` more seconds (NULL when none is), followed by the columns of
@@ -203,13 +198,23 @@ impl OutboxStore {
                     .prepare_cached(SELECT_LEASED)
                     .await
                     .map_err(OutboxError::from)?;
+                let fence = client
+                    .prepare_cached(&FENCE)
+                    .await
+                    .map_err(OutboxError::from)?;
                 let margin = margin.as_secs_f64();
                 let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
                     [&asked, &limit, &holder, &margin];
-                let begin = begin_fenced(partitions);
-                let (begin, rows) =
-                    tokio::join!(client.batch_execute(&begin), client.query(&stmt, &params));
+                let fence_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&asked];
+                // Sent in this order, in one write: the fence's statement ends before the
+                // read's begins.
+                let (begin, fenced, rows) = tokio::join!(
+                    client.batch_execute(BEGIN),
+                    client.execute(&fence, &fence_params),
+                    client.query(&stmt, &params)
+                );
                 begin.map_err(OutboxError::from)?;
+                fenced.map_err(OutboxError::from)?;
                 rows.map_err(OutboxError::from)?
             }
             None => {
