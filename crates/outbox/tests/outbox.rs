@@ -236,7 +236,8 @@ async fn relay_batches_delete_only_rows_whose_publish_succeeded() {
 async fn one_round_publishes_every_partition_asked_for_in_commit_order() {
     let db = TestDb::new().await;
     let store = OutboxStore::new(db.pool.clone());
-    // Aggregates until three partitions of four have one each, plus one with four events.
+    // One aggregate in each of three partitions of four: four events in the first, one in the
+    // others.
     let mut by_partition = std::collections::BTreeMap::new();
     while by_partition.len() < 3 {
         let id = Uuid::now_v7();
