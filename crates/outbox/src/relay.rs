@@ -191,7 +191,6 @@ impl OutboxStore {
         // goes back to the pool.
         let open = OpenTransaction(Some(self.pool.get().await.map_err(OutboxError::from)?));
         let client = open.client();
-        let asked: Vec<i32> = partitions.to_vec();
         let rows = match lease {
             Some((holder, margin)) => {
                 let stmt = client
@@ -204,8 +203,8 @@ impl OutboxStore {
                     .map_err(OutboxError::from)?;
                 let margin = margin.as_secs_f64();
                 let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
-                    [&asked, &limit, &holder, &margin];
-                let fence_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&asked];
+                    [&partitions, &limit, &holder, &margin];
+                let fence_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&partitions];
                 // Sent in this order, in one write: the fence's statement ends before the
                 // read's begins.
                 let (begin, fenced, rows) = tokio::join!(
@@ -222,7 +221,7 @@ impl OutboxStore {
                     .prepare_cached(SELECT_UNLEASED)
                     .await
                     .map_err(OutboxError::from)?;
-                let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&asked, &limit];
+                let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&partitions, &limit];
                 let (begin, rows) =
                     tokio::join!(client.batch_execute(BEGIN), client.query(&stmt, &params));
                 begin.map_err(OutboxError::from)?;
